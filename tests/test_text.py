@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import tasks.manifests as manifests_mod
 import tasks.text as text_mod
 from tasks.errors import IngestError
+from tasks.manifests import ManifestRow, read_caption_manifest
 from tasks.text import (
     MANIFEST_EXTENSIONS,
     SUBTITLE_EXTENSIONS,
@@ -24,7 +26,6 @@ from tasks.text import (
     parse_subtitle_bytes,
     parse_subtitle_file,
     parse_vtt,
-    read_caption_manifest,
     sidecar_format,
     sidecar_language,
 )
@@ -639,7 +640,7 @@ def test_manifest_whole_file_rejected(tmp_path: Path, name: str, content: str | 
 
 
 def test_manifest_too_big(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text_mod, "MAX_MANIFEST_BYTES", 20)
+    monkeypatch.setattr(manifests_mod, "MAX_MANIFEST_BYTES", 20)
     err = _manifest_error(_write(tmp_path, "m.jsonl", '{"path": "a", "text": "long enough"}'))
     assert err.code == "manifest_invalid" and "too big" in err.message
 
@@ -660,7 +661,7 @@ def test_csv_good_rows_extra_columns_meta(tmp_path: Path) -> None:
     rows, errors = read_caption_manifest(_write(tmp_path, "m.csv", content))
     assert errors == []
     assert [r.line for r in rows] == [2, 4, 6]
-    assert rows[0] == text_mod.ManifestRow(2, "a.mp4", 0.0, 1.5, "hello", "train", "en",
+    assert rows[0] == ManifestRow(2, "a.mp4", 0.0, 1.5, "hello", "train", "en",
                                            {"speaker": "Ann", "column_8": ""})
     assert (rows[1].path, rows[1].start_s, rows[1].end_s) == ("b, c.mp4", 2.0, 3.5)
     assert rows[1].text == "multi\nline, text" and rows[1].split == "test"
