@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from videobert import __version__
-from videobert.home import configure_prefect_env, resolve_home
+from videobert.home import configure_prefect_env, reap_orphan_prefect_servers, resolve_home
 
 app = typer.Typer(
     name="videobert", no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
@@ -177,7 +177,9 @@ def samples(
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="A folder of videos, or a caption manifest")],
+    source: Annotated[Path | None, typer.Argument(
+        help="A folder of videos, or a caption manifest (default: the built-in sample corpus)")]
+    = None,
     clip_s: Annotated[float, typer.Option(help="Clip length in seconds")] = 1.5,
     batch_size: Annotated[int, typer.Option(help="Files per Prefect task")] = 8,
     workers: Annotated[int | None, typer.Option(help="Concurrent batches")] = None,
@@ -188,10 +190,15 @@ def ingest(
     home: HomeOpt = None,
 ) -> None:
     """Ingest videos with their subtitles/captions into the warehouse (incremental)."""
+    h = resolve_home(home)
+    if source is None:
+        from tasks.samples import build_sample_corpus
+
+        source = build_sample_corpus(h / "samples" / "real").root
+        err.print(f"no path given: ingesting the built-in sample corpus in {source}")
     if not source.exists():
         _fail(f"{source} does not exist")
-    h = resolve_home(home)
-    configure_prefect_env(h)
+    start_flow_env(h)
     from flows.ingest import IngestParams, ingest_flow
 
     params: dict[str, Any] = {"source": str(source), "home": str(h), "clip_s": clip_s,
@@ -211,6 +218,15 @@ def ingest(
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
     _print_ingest_summary(summary)
+
+
+def start_flow_env(h: Path) -> None:
+    """Prepare the environment for running a flow on data home ``h`` (before importing
+    prefect): Prefect settings, and crash cleanup of servers a killed run left behind."""
+    configure_prefect_env(h)
+    reaped = reap_orphan_prefect_servers(h)
+    if reaped:
+        err.print(f"stopped {len(reaped)} Prefect server(s) left behind by a killed run")
 
 
 def _print_ingest_summary(s: dict[str, Any]) -> None:

@@ -1,0 +1,215 @@
+"""Ingest flow: a folder or a caption manifest -> videos, clips and text in the warehouse.
+
+Run it with ``videobert ingest PATH`` or ``python -m flows.ingest PATH``. Files are processed in
+batches (one Prefect task per batch, never one per file); each batch is committed atomically,
+so a run killed at any point and started again ends with exactly the rows of an uninterrupted
+run. Bad files become ``ingest_errors`` rows and never stop the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from tasks import ingest as ing
+from tasks import media
+from tasks.errors import IngestError
+from tasks.ingest_batch import (
+    IngestConfig,
+    Rows,
+    TextIndex,
+    attach_manifest_rows,
+    attach_sidecars,
+    build_text_index,
+    error_row,
+    file_error,
+    file_row,
+    process_batch,
+)
+from tasks.progress import Progress
+from tasks.scan import ScanResult, scan_folder, scan_manifest, sidecar_candidates
+from tasks.text import MANIFEST_EXTENSIONS
+from videobert.home import resolve_home
+from warehouse.store import StagedPart, Warehouse, Writer, rewrite_without, utcnow
+
+
+class IngestParams(BaseModel):
+    """Parameters of the ingest flow (shown as a form in Prefect's UI)."""
+
+    source: str = Field(description="A folder to walk, or a caption manifest (.jsonl/.csv)")
+    home: str | None = Field(None, description="Data home (default: VIDEOBERT_HOME or ./videobert-data)")
+    clip_s: float = Field(1.5, gt=0, description="Clip window length in seconds (VideoBERT: 1.5)")
+    min_clip_s: float | None = Field(None, description="Shortest final clip kept (default: half a window)")
+    batch_size: int = Field(8, ge=1, description="Files per task")
+    workers: int | None = Field(None, ge=1, description="Concurrent batches (default: CPU count)")
+    max_pixels: int = Field(media.Limits().max_pixels, description="Reject frames larger than this")
+    max_duration_s: float = Field(media.Limits().max_duration_s, description="Reject longer videos")
+    max_file_bytes: int = Field(media.Limits().max_file_bytes, description="Reject larger files")
+    wait_s: float = Field(0.0, ge=0, description="Wait this long for another writer to finish")
+    progress: bool = Field(False, description="Show progress bars on the terminal")
+
+
+@task(name="scan-inputs", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def scan_task(source: Path, home: Path) -> ScanResult:
+    """Walk the folder (or read the manifest) and stat every file."""
+    if source.is_file() and source.suffix.lower() in MANIFEST_EXTENSIONS:
+        return scan_manifest(source)
+    if not source.is_dir():
+        raise ValueError(f"{source} is neither a folder nor a caption manifest (.jsonl/.csv)")
+    return scan_folder(source, exclude=[home])
+
+
+@task(name="hash-files", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def hash_task(cands: list) -> list:
+    """sha256 of a batch of files."""
+    return ing.hash_candidates(cands)
+
+
+@task(name="probe-validate-parse", cache_policy=NO_CACHE)
+def process_task(cfg: IngestConfig, st: ing.KnownState, items: list, index: TextIndex) -> Rows:
+    """Probe, validate, clip and attach text for a batch of new contents."""
+    return process_batch(cfg, st, items, index)
+
+
+def _commit(w: Writer, st: ing.KnownState, rows: Rows, message: str) -> Counter:
+    """Stage and commit one batch's rows atomically; returns rows added per table."""
+    errs = []
+    for r in rows.tables.get("ingest_errors", []):
+        key = (r["path"], r["root"] or "")
+        if key in st.errors and st.errors[key] == (r["size_bytes"], r["mtime_ns"]):
+            continue  # already rejected, unchanged
+        errs.append(r)
+    rows.tables["ingest_errors"] = errs
+    fixed = [(r["path"], r["root"]) for r in rows.tables.get("video_files", [])
+             if (r["path"], r["root"]) in st.errors]
+    stale_errors = [p for p, _ in fixed] + [r["path"] for r in errs if (r["path"], r["root"] or "") in st.errors]
+    parts: list[StagedPart] = []
+    remove: dict[str, list[str]] = {}
+    for table, column, values in (("ingest_errors", "path", stale_errors),
+                                  ("text_sources", "text_source_id", rows.replaced_sources),
+                                  ("text_segments", "text_source_id", rows.replaced_sources)):
+        staged, old = rewrite_without(w, table, column, sorted(set(values)))
+        parts += staged
+        remove.update(old)
+    counts: Counter = Counter()
+    for table, table_rows in rows.tables.items():
+        if table_rows:
+            parts.append(w.stage(table, table_rows))
+            counts[table] += len(table_rows)
+    if parts:
+        w.commit(parts, remove=remove, message=message)
+    for r in errs:
+        st.errors[(r["path"], r["root"] or "")] = (r["size_bytes"], r["mtime_ns"])
+    for r in rows.tables.get("videos", []):
+        st.videos[r["video_id"]] = r["duration_s"]
+    return counts
+
+
+def _known_text(cfg: IngestConfig, st: ing.KnownState, scan: ScanResult,
+                plan: ing.WorkPlan, index: TextIndex, unchanged: list) -> Rows:
+    """New or edited text for videos already in the warehouse (and new names of them)."""
+    out = Rows()
+    known = [(c, st.files[c.abs_path][2]) for c in unchanged if c.abs_path in st.files]
+    known += plan.duplicates
+    for cand, vid in known:
+        dur = st.videos.get(vid, 0.0)
+        attach_sidecars(out, cfg, st, vid, dur, [cand], index)
+        attach_manifest_rows(out, cfg, st, vid, dur, [cand], index)
+    for cand, vid in plan.duplicates:
+        out.add("video_files", file_row(cfg, vid, cand))
+    for cand, sha, (code, msg, stage) in plan.known_bad:
+        out.add("ingest_errors", file_error(cfg, cand, IngestError(
+            code, f"same content as an earlier rejected file: {msg}", stage), sha))
+    for cand, err in plan.unreadable:
+        out.add("ingest_errors", file_error(cfg, cand, err))
+    return out
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2))
+def ingest_flow(params: IngestParams) -> dict[str, Any]:
+    """Ingest a folder or manifest into the warehouse; returns the run summary."""
+    log = get_run_logger()
+    home = resolve_home(params.home)
+    source = Path(params.source).expanduser().resolve()
+    wh = Warehouse(home)
+    run_id = uuid.uuid4().hex
+    started = utcnow()
+    limits = media.Limits(max_pixels=params.max_pixels, max_duration_s=params.max_duration_s,
+                          max_file_bytes=params.max_file_bytes)
+    with wh.writer(wait_s=params.wait_s, purpose=f"ingest {source}") as w:
+        scan = scan_task(source, home)
+        cfg = IngestConfig(root=str(scan.root), run_id=run_id, now=started, clip_s=params.clip_s,
+                           min_clip_s=params.min_clip_s, limits=limits)
+        st = ing.load_state(wh)
+        index, named, text_errors = build_text_index(cfg, scan.root, scan.videos, scan.subtitles,
+                                                     scan.manifests, scan.manifest_only)
+        videos = scan.videos
+        if scan.manifest_only:
+            videos = named
+            subs = [s for v in named for s in sidecar_candidates(scan.root, Path(v.abs_path))]
+            index, _, _ = build_text_index(cfg, scan.root, named, subs, scan.manifests, True)
+        unchanged = [c for c in videos if ing.is_unchanged(c, st)]
+        todo = [c for c in videos if not ing.is_unchanged(c, st)]
+        bar = Progress(enabled=params.progress)
+        hashed: list = []
+        with bar.task("hashing", total=len(todo)) as tick:
+            futures = [hash_task.submit(b) for b in ing.batches(todo, max(params.batch_size * 4, 32))]
+            for fut in as_completed(futures):
+                res = fut.result()
+                hashed += res
+                tick(len(res))
+        hashed.sort(key=lambda h: h[0].path)
+        plan = ing.make_plan(hashed, st)
+        first = _known_text(cfg, st, scan, plan, index, unchanged)
+        first.tables["ingest_errors"] = (
+            [error_row(cfg, path, e, abs_path=abs_path) for path, abs_path, e in scan.errors]
+            + first.tables.get("ingest_errors", []) + text_errors.tables.get("ingest_errors", []))
+        totals = _commit(w, st, first, f"ingest {run_id}: scan, duplicates, text updates")
+        with bar.task("probing", total=len(plan.new)) as tick:
+            futures = [process_task.submit(cfg, st, b, index)
+                       for b in ing.batches(plan.new, params.batch_size)]
+            for fut in as_completed(futures):
+                rows = fut.result()
+                totals += _commit(w, st, rows, f"ingest {run_id}: batch")
+                tick(len(rows.tables.get("videos", [])) + len({
+                    r["sha256"] for r in rows.tables.get("ingest_errors", [])
+                    if r["stage"] in ("probe", "validate")}))
+        summary = _summary(run_id, source, scan, plan, unchanged, totals, w, started)
+    log.info("ingest %s: %s", source, summary)
+    return summary
+
+
+def _summary(run_id: str, source: Path, scan: ScanResult, plan: ing.WorkPlan, unchanged: list,
+             totals: Counter, w: Writer, started) -> dict[str, Any]:
+    con = w.wh.connect()
+    rejected = dict(con.execute(
+        "SELECT code, count(*) FROM ingest_errors WHERE run_id = ? GROUP BY code ORDER BY code",
+        [run_id]).fetchall())
+    con.close()
+    row = {"run_id": run_id, "source": str(source), "started_at": started,
+           "finished_at": utcnow(), "n_files": scan.n_files,
+           "n_ingested": totals.get("videos", 0), "n_duplicates": len(plan.duplicates) + sum(
+               len(n.names) - 1 for n in plan.new),
+           "n_rejected": sum(rejected.values()), "n_unchanged": len(unchanged),
+           "n_text_sources": totals.get("text_sources", 0),
+           "rejected_json": json.dumps(rejected, sort_keys=True)}
+    w.commit([w.stage("ingest_runs", [row])], message=f"ingest {run_id}: done")
+    return {**{k: v for k, v in row.items() if k not in ("started_at", "finished_at",
+                                                         "rejected_json")},
+            "rejected": rejected, "clips": totals.get("clips", 0),
+            "text_segments": totals.get("text_segments", 0), "home": str(w.wh.home)}
+
+
+if __name__ == "__main__":
+    ingest_flow(IngestParams(source=sys.argv[1], progress=True))
