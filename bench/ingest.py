@@ -39,6 +39,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
+VALIDATION = "decode"
+
+
 def _record_commands(source: Path, work: Path, workers: int) -> tuple[list[list[str]], float]:
     """Run the ingest once with run_tool wrapped; return its commands and video hours."""
     import tasks.media as media
@@ -56,7 +59,8 @@ def _record_commands(source: Path, work: Path, workers: int) -> tuple[list[list[
     mv.run_tool = media.run_tool = recording
     try:
         home = work / "record-home"
-        ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers))
+        ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers,
+                                     validation=VALIDATION))
     finally:
         mv.run_tool = media.run_tool = real
     con = Warehouse(home).connect()
@@ -81,7 +85,8 @@ def _ours(source: Path, work: Path, workers: int, i: int) -> float:
 
     home = work / f"home-{i}"
     t0 = time.perf_counter()
-    ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers))
+    ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers,
+                                     validation=VALIDATION))
     dt = time.perf_counter() - t0
     shutil.rmtree(home)
     return dt
@@ -93,8 +98,8 @@ def _cold_cli(source: Path, work: Path) -> float:
     home = work / "cold-home"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "videobert.cli", "ingest", str(source), "--home",
-                    str(home)], env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+                    str(home), "--validate", VALIDATION], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dt = time.perf_counter() - t0
     shutil.rmtree(home)
     return dt
@@ -127,7 +132,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder")
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument("--validation", choices=["decode", "demux"], default="decode")
+    ap.add_argument("--clips-per-video", type=int, default=2,
+                    help="synthetic video length in 1.5 s clips (2: 3 s videos)")
     args = ap.parse_args()
+    global VALIDATION
+    VALIDATION = args.validation
 
     from tasks.samples import build_sample_corpus
     from tasks.synthetic import generate_synthetic
@@ -136,13 +146,16 @@ def main() -> None:
     os.environ["PREFECT_HOME"] = str(work / "prefect")
     corpora = [("sample (real)", build_sample_corpus(work / "samples").root)]
     if args.synthetic:
-        syn = generate_synthetic(work / "synthetic", args.synthetic, seed=0)
-        corpora.append((f"synthetic x{args.synthetic}", syn.root))
+        syn = generate_synthetic(work / "synthetic", args.synthetic, seed=0,
+                                 clips_per_video=args.clips_per_video)
+        corpora.append((f"synthetic x{args.synthetic} ({args.clips_per_video * 1.5:g} s each)",
+                        syn.root))
     cold = _cold_cli(corpora[0][1], work)
     results = [bench_corpus(n, src, work, args.workers, args.repeats) for n, src in corpora]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
               f"Python {platform.python_version()}"
-    print(f"machine: {machine}; workers {args.workers}; median of {args.repeats} runs")
+    print(f"machine: {machine}; workers {args.workers}; validation {VALIDATION}; "
+          f"median of {args.repeats} runs")
     print("| corpus | files | video h | videobert s | bare ffprobe/ffmpeg s | "
           "videobert h/h | bare h/h | ratio |")
     print("|---|---|---|---|---|---|---|---|")

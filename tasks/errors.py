@@ -20,7 +20,7 @@ CODES: dict[str, str] = {
     "decode_failed": "ffmpeg failed while decoding the video stream",
     "timeout": "ffmpeg/ffprobe exceeded its wall-clock limit",
     "subtitle_unreadable": "a subtitle file or stream that cannot be parsed at all",
-    "manifest_invalid": "a caption manifest that cannot be read as JSONL/CSV with path,start,end,text",
+    "manifest_invalid": "a caption manifest that is not JSONL/CSV with path,start,end,text",
     "manifest_row_invalid": "one malformed caption-manifest row (the path names the line)",
     "orphan_subtitle": "a subtitle sidecar with no video of the same stem",
     "asr_failed": "speech recognition failed on the audio track",

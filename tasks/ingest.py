@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tasks.errors import IngestError
 from tasks.scan import Candidate
+from warehouse import queries
 from warehouse.store import Warehouse
 
 HASH_CHUNK = 4 << 20
@@ -41,20 +42,17 @@ def load_state(wh: Warehouse) -> KnownState:
     """Read the committed state needed to plan an incremental ingest."""
     con = wh.connect()
     st = KnownState()
-    for abs_path, size, mtime, vid in con.execute(
-            "SELECT abs_path, size_bytes, mtime_ns, video_id FROM video_files").fetchall():
+    for abs_path, size, mtime, vid in con.execute(queries.load("known_files")).fetchall():
         st.files[abs_path] = (size, mtime, vid)
     for path, root, abs_path, size, mtime, sha, code, msg, stage in con.execute(
-            'SELECT path, root, abs_path, size_bytes, mtime_ns, sha256, code, message, stage '
-            'FROM ingest_errors ORDER BY "at"').fetchall():
+            queries.load("known_errors")).fetchall():
         st.errors[(path, root or "")] = (size, mtime)
         if abs_path:
             st.error_by_abs[abs_path] = (size, mtime)
         if sha and stage in ("probe", "validate", "scan"):
             st.error_shas.setdefault(sha, (code, msg, stage))
-    st.videos = dict(con.execute("SELECT video_id, duration_s FROM videos").fetchall())
-    for tsid, vid, abs_path in con.execute(
-            "SELECT text_source_id, video_id, abs_path FROM text_sources").fetchall():
+    st.videos = dict(con.execute(queries.load("known_videos")).fetchall())
+    for tsid, vid, abs_path in con.execute(queries.load("known_text_sources")).fetchall():
         st.text_sources.add(tsid)
         st.text_by_path.setdefault((vid, abs_path or ""), []).append(tsid)
     con.close()

@@ -336,7 +336,8 @@ def build_text_index(cfg: IngestConfig, root: Path, videos: list[Candidate],
             out.add("ingest_errors", file_error(cfg, m, e))
             continue
         except OSError as e:
-            out.add("ingest_errors", file_error(cfg, m, IngestError("io_error", str(e), "manifest")))
+            out.add("ingest_errors",
+                    file_error(cfg, m, IngestError("io_error", str(e), "manifest")))
             continue
         for b in bad:
             out.add("ingest_errors", error_row(cfg, f"{m.path}:{b.line}", IngestError(

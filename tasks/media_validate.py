@@ -51,6 +51,12 @@ class Limits:
     analyzeduration_us: int = 20_000_000
     memory_bytes: int = 8 * GiB
     max_output_bytes: int = 256 << 20
+    validate_mode: str = "decode"
+
+    def __post_init__(self) -> None:
+        if self.validate_mode not in ("decode", "demux"):
+            raise ValueError(f"validate_mode must be 'decode' or 'demux', "
+                             f"not {self.validate_mode!r}")
 
 
 @dataclass
@@ -392,7 +398,10 @@ def _progress(stdout: bytes) -> tuple[int, float | None]:
 
 
 def validate(path: Path, probe: ProbeResult, limits: Limits = Limits()) -> Validation:
-    """One demux pass (``-c copy`` to the null muxer) over the video stream.
+    """One pass over the video stream: every frame decoded (``validate_mode="decode"``, the
+    default: catches corrupt frames and decoder errors at ingest, ``-xerror`` stops at the
+    first) or only demuxed (``"demux"``: ``-c copy``, 5-15x faster, catches truncation only;
+    decode errors then surface when features are extracted).
 
     Args:
         path: the file (already probed).
@@ -409,7 +418,8 @@ def validate(path: Path, probe: ProbeResult, limits: Limits = Limits()) -> Valid
     tools = find_tools()
     cap = limits.max_duration_s + 1
     args = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-xerror",
-            *input_args(path, limits), "-map", f"0:{probe.video_index}", "-c", "copy",
+            *input_args(path, limits), "-map", f"0:{probe.video_index}",
+            *(["-c", "copy"] if limits.validate_mode == "demux" else ["-fps_mode", "passthrough"]),
             "-t", f"{cap:g}", "-f", "null", "-", "-progress", "pipe:1", "-nostats"]
     run = run_tool(args, timeout_s=limits.validate_timeout_s, path=path, stage="validate",
                    limits=limits)

@@ -24,7 +24,8 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def vb(home: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def vb(home: Path, *args: str, check: bool = True,
+       timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``videobert ARGS`` with its own data home (and so its own Prefect home)."""
     p = subprocess.run([sys.executable, "-m", "videobert.cli", *args], env=_env(home),
                        capture_output=True, text=True, timeout=timeout)
@@ -111,7 +112,7 @@ def test_sigkill_mid_ingest_then_rerun_converges(tmp_path: Path, many_videos: Pa
     vb(ref, "ingest", str(many_videos), "--batch-size", "2")
     home = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "videobert.cli", "ingest", str(many_videos),
-                             "--batch-size", "2"], env=_env(home),
+                             "--batch-size", "2", "--commit-every", "0"], env=_env(home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wh = Warehouse(home)
     # kill once some, not all, batches are committed
@@ -132,7 +133,7 @@ def test_sigkill_mid_ingest_then_rerun_converges(tmp_path: Path, many_videos: Pa
 def test_sql_answers_while_ingest_writes(tmp_path: Path, many_videos: Path):
     home = tmp_path / "home"
     proc = subprocess.Popen([sys.executable, "-m", "videobert.cli", "ingest", str(many_videos),
-                             "--batch-size", "1"], env=_env(home),
+                             "--batch-size", "1", "--commit-every", "0"], env=_env(home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wh = Warehouse(home)
     assert _wait_for(lambda: wh.catalog_path.exists(), 120)
@@ -144,3 +145,26 @@ def test_sql_answers_while_ingest_writes(tmp_path: Path, many_videos: Path):
     assert proc.wait() == 0, proc.stderr.read()
     assert len(counts) >= 2 and counts == sorted(counts)
     assert any(0 < c < 24 for c in counts), counts  # some reads saw the ingest mid-way
+
+
+def test_version_and_samples_command(tmp_path: Path):
+    assert "videobert 0.1.0" in vb(tmp_path, "--version").stdout
+    p = vb(tmp_path, "samples", "--synthetic", "4", "--seed", "3")
+    real = tmp_path / "samples" / "real"
+    syn = tmp_path / "samples" / "synthetic-4-seed3"
+    assert str(real) in p.stdout and (syn / "captions.jsonl").is_file()
+    assert len(list(real.glob("*.mp4"))) == 3 and (real / "bikes.mkv").is_file()
+    rows = [json.loads(line) for line in (syn / "captions.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} <= {"train", "val", "test"} and len(rows) == 8
+
+
+def test_prefect_yaml_entrypoints_load():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "prefect.yaml").read_text())
+    assert spec["deployments"], "prefect.yaml declares no deployment"
+    for dep in spec["deployments"]:
+        flow = load_flow_from_entrypoint(str(root / dep["entrypoint"]))
+        assert flow.name and set(dep.get("parameters", {})) <= set(flow.parameters.properties)

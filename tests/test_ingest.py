@@ -171,7 +171,7 @@ def test_ingested_rows_are_right(prefect_harness, messy: Path, home: Path):
 
     def video(path: str) -> dict:
         rel = con.execute(q, [path])
-        return dict(zip([d[0] for d in rel.description], rel.fetchall()[0]))
+        return dict(zip([d[0] for d in rel.description], rel.fetchall()[0], strict=True))
 
     good = video("good.mp4")
     assert good["video_id"] == sha256_path(messy / "good.mp4")

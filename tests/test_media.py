@@ -481,3 +481,29 @@ def test_tools_report() -> None:
     assert Path(report["ffmpeg"]).exists() and Path(report["ffprobe"]).exists()
     assert report["ffmpeg_version"].startswith("ffmpeg version")
     assert report["decodable_codecs"] > 100 and report["decodes"]["h264"]
+
+
+def test_decode_validation_catches_corrupt_frames_demux_does_not(tmp_path: Path) -> None:
+    """Garbage in the middle of the coded data: demux-only reads every packet and says ok;
+    the default full-decode pass stops at the first decoder error (-xerror)."""
+    path = mf.good_video(tmp_path / "corrupt.mkv", seconds=4, size=(160, 120), audio=False,
+                         codec="mpeg4")
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2
+    data[start:start + 4000] = bytes((i * 37 + 11) % 256 for i in range(4000))
+    path.write_bytes(bytes(data))
+    pr = media.probe(path)
+    demux = media.validate(path, pr, Limits(validate_mode="demux"))
+    assert demux.status == "ok"
+    try:
+        decoded = media.validate(path, pr, Limits(validate_mode="decode"))
+    except IngestError as e:
+        assert e.code == "decode_failed"
+    else:
+        assert decoded.status == "partial" and decoded.readable_duration_s < 4 * 0.98
+        assert decoded.detail
+
+
+def test_validate_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="validate_mode"):
+        Limits(validate_mode="fast")

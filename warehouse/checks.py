@@ -22,7 +22,8 @@ def check_queries() -> dict[str, str]:
             queries[f"{name}_key_unique"] = (
                 f'SELECT {cols}, count(*) AS n FROM "{name}" GROUP BY {cols} HAVING count(*) > 1')
     codes = ", ".join(f"'{c}'" for c in CODES)
-    queries["ingest_errors_known_codes"] = f"SELECT code FROM ingest_errors WHERE code NOT IN ({codes})"
+    queries["ingest_errors_known_codes"] = (
+        f"SELECT code FROM ingest_errors WHERE code NOT IN ({codes})")
     folder = resources.files("warehouse") / "checks"
     for f in sorted(folder.iterdir(), key=lambda p: p.name):
         if f.name.endswith(".sql"):

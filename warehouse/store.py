@@ -42,6 +42,8 @@ from warehouse.parquet import TMP_PREFIX, fsync_dir, write_bytes_atomic, write_p
 
 MANIFEST_FORMAT = 1
 LOG_KEEP = 200
+PUBLISH_INTERVAL_S = 2.0
+"""``publish="auto"`` commits rebuild the catalog at most this often (and at writer exit)."""
 
 
 class WarehouseError(RuntimeError):
@@ -74,8 +76,8 @@ def to_arrow(table: str, rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Tab
         extra = set(rows.column_names) - set(target.names)
         if extra:
             raise ValueError(f"columns {sorted(extra)} are not in table {table!r}")
-        cols = [rows.column(n).cast(f.type) if n in rows.column_names
-                else pa.nulls(rows.num_rows, f.type) for n, f in zip(target.names, target)]
+        cols = [rows.column(f.name).cast(f.type) if f.name in rows.column_names
+                else pa.nulls(rows.num_rows, f.type) for f in target]
         return pa.Table.from_arrays(cols, schema=target)
     for row in rows:
         extra = set(row) - set(target.names)
@@ -183,6 +185,8 @@ class Warehouse:
         try:
             w.recover()
             yield w
+            if w.dirty:
+                w.publish()
         finally:
             with _REGISTRY_LOCK:
                 _WRITERS.pop(key, None)
@@ -205,8 +209,9 @@ def _acquire_lock(path: Path, wait_s: float, purpose: str) -> int:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                 os.close(fd)
                 raise WarehouseError(
-                    f"another videobert process is writing to {path.parent} ({holder or 'unknown'}); "
-                    "wait for it to finish, or pass a longer --wait") from None
+                    f"another videobert process is writing to {path.parent} "
+                    f"({holder or 'unknown'}); wait for it to finish, or pass a longer --wait"
+                ) from None
             time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} {purpose}".encode(), 0)
@@ -219,6 +224,8 @@ class Writer:
     def __init__(self, wh: Warehouse) -> None:
         self.wh = wh
         self._lock = threading.Lock()
+        self.dirty = False  # committed but not yet published
+        self._published_at = 0.0
 
     def recover(self) -> None:
         """Crash cleanup: remove staged, temporary and uncommitted files; migrate the schema."""
@@ -232,7 +239,8 @@ class Writer:
                 continue
             for f in folder.iterdir():
                 stale_tmp = f.name.startswith(TMP_PREFIX)
-                orphan = folder != self.wh.root and f.suffix == ".parquet" and str(f) not in committed
+                orphan = (folder != self.wh.root and f.suffix == ".parquet"
+                          and str(f) not in committed)
                 if f.is_file() and (stale_tmp or orphan):
                     f.unlink(missing_ok=True)
         migrate(self)
@@ -245,7 +253,7 @@ class Writer:
 
     def commit(self, parts: Sequence[StagedPart], *, remove: Mapping[str, Sequence[str]] = {},
                message: str = "", schema_version: int | None = None,
-               publish: bool = True) -> int:
+               publish: bool | str = True) -> int:
         """Atomically add staged parts (and drop committed parts) across tables.
 
         Args:
@@ -253,7 +261,10 @@ class Writer:
             remove: committed part file names (as in the manifest) to drop, per table.
             message: a note kept in the manifest's log.
             schema_version: set by migrations only.
-            publish: rebuild the read-only catalog after the commit.
+            publish: rebuild the read-only catalog after the commit: True, False, or
+                ``"auto"`` (at most every :data:`PUBLISH_INTERVAL_S`; the writer publishes
+                whatever is left when it exits). Readers see committed data either way only
+                once published.
 
         Returns:
             The new manifest version.
@@ -296,7 +307,9 @@ class Writer:
             write_bytes_atomic(json.dumps(m, indent=1).encode(), self.wh.manifest_path)
             for p in dropped:
                 p.unlink(missing_ok=True)
-            if publish:
+            self.dirty = True
+            due = time.monotonic() - self._published_at >= PUBLISH_INTERVAL_S
+            if publish is True or (publish == "auto" and due):
                 self.publish(m)
             return int(m["version"])
 
@@ -322,6 +335,8 @@ class Writer:
                 os.fsync(f.fileno())
             os.replace(tmp, self.wh.catalog_path)
             fsync_dir(self.wh.root)
+            self.dirty = False
+            self._published_at = time.monotonic()
         finally:
             tmp.unlink(missing_ok=True)
             Path(str(tmp) + ".wal").unlink(missing_ok=True)
@@ -337,20 +352,23 @@ def create_views(con: duckdb.DuckDBPyConnection, wh: Warehouse, manifest: Mappin
 
     Tables with no committed part yet get an empty view of the right types.
     """
+    stmts = []
     for name, t in sch.tables().items():
         files = [str(p) for p in wh.part_paths(name, manifest)]
         cols = ", ".join(f'"{c}"' for c in t.column_names)
         if files:
             src = ("read_parquet([" + ", ".join(_sql_str(f) for f in files)
                    + "], union_by_name = true)")
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT {cols} FROM {src}')
+            stmts.append(f'CREATE OR REPLACE VIEW "{name}" AS SELECT {cols} FROM {src}')
         else:
             typed = ", ".join(f'CAST(NULL AS {c.type}) AS "{c.name}"' for c in t.columns)
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT {typed} WHERE false')
+            stmts.append(f'CREATE OR REPLACE VIEW "{name}" AS SELECT {typed} WHERE false')
         if comments:
-            con.execute(f'COMMENT ON VIEW "{name}" IS {_sql_str(t.comment)}')
-            for c in t.columns:
-                con.execute(f'COMMENT ON COLUMN "{name}"."{c.name}" IS {_sql_str(c.comment)}')
+            stmts.append(f'COMMENT ON VIEW "{name}" IS {_sql_str(t.comment)}')
+            stmts += [f'COMMENT ON COLUMN "{name}"."{c.name}" IS {_sql_str(c.comment)}'
+                      for c in t.columns]
+    # one script, one transaction: per-statement round trips dominated publishing
+    con.execute("BEGIN TRANSACTION;\n" + ";\n".join(stmts) + ";\nCOMMIT;")
 
 
 def rewrite_without(writer: Writer, table: str, column: str,
