@@ -57,7 +57,8 @@ class IngestParams(BaseModel):
     clip_s: float = Field(1.5, gt=0, description="Clip window length in seconds (VideoBERT: 1.5)")
     min_clip_s: float | None = Field(None, description="Shortest final clip kept (default: "
                                      "half a window)")
-    batch_size: int = Field(16, ge=1, description="Files per task (and per atomic commit)")
+    batch_size: int | None = Field(None, ge=1, description="Files per task (default: about "
+                                   "four tasks per worker, 4 to 64 files each)")
     workers: int | None = Field(None, ge=1, description="Concurrent batches (default: CPU count)")
     max_pixels: int = Field(media.Limits().max_pixels, description="Reject frames larger than this")
     max_duration_s: float = Field(media.Limits().max_duration_s, description="Reject longer videos")
@@ -66,6 +67,8 @@ class IngestParams(BaseModel):
         "decode", description="Validation pass: decode every frame (catches corrupt data), or "
         "demux only (5-15x faster; decode errors then surface at feature extraction)")
     wait_s: float = Field(0.0, ge=0, description="Wait this long for another writer to finish")
+    publish_every_s: float = Field(2.0, ge=0, description="Republish the read-only catalog at "
+                                   "most this often during the run (readers see new rows then)")
     commit_every_s: float = Field(1.0, ge=0, description="Commit finished batches this often "
                                   "(0: after every batch); a kill loses at most this much work")
     progress: bool = Field(False, description="Show progress bars on the terminal")
@@ -175,6 +178,7 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
                           max_file_bytes=params.max_file_bytes, validate_mode=params.validation)
     workers = params.workers or os.cpu_count() or 2
     with wh.writer(wait_s=params.wait_s, purpose=f"ingest {source}") as w:
+        w.publish_interval_s = params.publish_every_s
         scan = scan_task(source, home)
         cfg = IngestConfig(root=str(scan.root), run_id=run_id, now=started, clip_s=params.clip_s,
                            min_clip_s=params.min_clip_s, limits=limits)
@@ -190,9 +194,10 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
         todo = [c for c in videos if not ing.is_unchanged(c, st)]
         bar = Progress(enabled=params.progress)
         hashed: list = []
+        size = params.batch_size or min(64, max(4, -(-len(todo) // (4 * workers))))
         with bar.task("hashing", total=len(todo)) as tick:
             for _, res in _bounded(lambda b: hash_task.submit(quote(b)),
-                                   ing.batches(todo, max(params.batch_size * 4, 32)), workers):
+                                   ing.batches(todo, max(size * 4, 32)), workers):
                 hashed += res
                 tick(len(res))
         hashed.sort(key=lambda h: h[0].path)
@@ -209,7 +214,7 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
             # quote(): Prefect would otherwise walk these large inputs on every submission
             for batch, rows in _bounded(lambda b: process_task.submit(quote(cfg), quote(st),
                                                                       quote(b), quote(index)),
-                                        ing.batches(plan.new, params.batch_size), workers):
+                                        ing.batches(plan.new, size), workers):
                 pending.extend(rows)
                 tick(len(batch))
                 if time.monotonic() - last >= params.commit_every_s:

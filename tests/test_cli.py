@@ -133,7 +133,8 @@ def test_sigkill_mid_ingest_then_rerun_converges(tmp_path: Path, many_videos: Pa
 def test_sql_answers_while_ingest_writes(tmp_path: Path, many_videos: Path):
     home = tmp_path / "home"
     proc = subprocess.Popen([sys.executable, "-m", "videobert.cli", "ingest", str(many_videos),
-                             "--batch-size", "1", "--commit-every", "0"], env=_env(home),
+                             "--batch-size", "1", "--commit-every", "0", "--publish-every",
+                             "0", "--workers", "1"], env=_env(home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wh = Warehouse(home)
     assert _wait_for(lambda: wh.catalog_path.exists(), 120)

@@ -181,7 +181,8 @@ def ingest(
         help="A folder of videos, or a caption manifest (default: the built-in sample corpus)")]
     = None,
     clip_s: Annotated[float, typer.Option(help="Clip length in seconds")] = 1.5,
-    batch_size: Annotated[int, typer.Option(help="Files per Prefect task")] = 16,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Files per Prefect task (default: ~4 tasks per worker, 4-64 files each)")] = None,
     validate: Annotated[str, typer.Option(
         help="decode: decode every frame (default, catches corrupt data); demux: read "
              "packets only, 5-15x faster")] = "decode",
@@ -191,6 +192,8 @@ def ingest(
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer")] = 0.0,
     commit_every: Annotated[float, typer.Option(
         help="Commit finished batches every N seconds (0: every batch)")] = 1.0,
+    publish_every: Annotated[float, typer.Option(
+        help="Refresh the catalog readers see at most every N seconds")] = 2.0,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
     home: HomeOpt = None,
 ) -> None:
@@ -209,6 +212,7 @@ def ingest(
     params: dict[str, Any] = {"source": str(source), "home": str(h), "clip_s": clip_s,
                               "batch_size": batch_size, "workers": workers, "wait_s": wait,
                               "validation": validate, "commit_every_s": commit_every,
+                              "publish_every_s": publish_every,
                               "progress": sys.stderr.isatty()}
     if max_duration_s is not None:
         params["max_duration_s"] = max_duration_s

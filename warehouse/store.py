@@ -226,6 +226,7 @@ class Writer:
         self._lock = threading.Lock()
         self.dirty = False  # committed but not yet published
         self._published_at = 0.0
+        self.publish_interval_s = PUBLISH_INTERVAL_S
 
     def recover(self) -> None:
         """Crash cleanup: remove staged, temporary and uncommitted files; migrate the schema."""
@@ -262,7 +263,7 @@ class Writer:
             message: a note kept in the manifest's log.
             schema_version: set by migrations only.
             publish: rebuild the read-only catalog after the commit: True, False, or
-                ``"auto"`` (at most every :data:`PUBLISH_INTERVAL_S`; the writer publishes
+                ``"auto"`` (at most every ``publish_interval_s``; the writer publishes
                 whatever is left when it exits). Readers see committed data either way only
                 once published.
 
@@ -308,7 +309,7 @@ class Writer:
             for p in dropped:
                 p.unlink(missing_ok=True)
             self.dirty = True
-            due = time.monotonic() - self._published_at >= PUBLISH_INTERVAL_S
+            due = time.monotonic() - self._published_at >= self.publish_interval_s
             if publish is True or (publish == "auto" and due):
                 self.publish(m)
             return int(m["version"])
