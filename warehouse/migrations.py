@@ -26,7 +26,12 @@ def _v1_initial(writer: Writer) -> list[StagedPart]:
     return []
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_initial}
+def _v2_visual_tokens(writer: Writer) -> list[StagedPart]:
+    """Schema v2: tables clip_features, codebooks, visual_tokens (new tables: no data)."""
+    return []
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_initial, 2: _v2_visual_tokens}
 
 
 def add_columns_part(writer: Writer, table: str) -> StagedPart:

@@ -1,0 +1,175 @@
+"""Tokenize flow: clips -> features (I3D, CLIP, concepts) -> hierarchical k-means -> tokens.
+
+Run it with ``videobert tokenize`` or ``python -m flows.tokenize``. Incremental: clips that
+already have features for an encoder version are skipped, new clips are assigned with the
+existing codebook (a full re-cluster is explicit: ``recluster``). Features are committed per
+task, so a killed run resumes where it stopped, without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from typing import Any, Literal
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+from pydantic import BaseModel, Field
+
+from tasks.encoders import ClipFrameEncoder, I3DEncoder, concepts_encoder
+from tasks.features import ClipRef, encode_clips
+from tasks.ingest import batches
+from tasks.progress import Progress
+from videobert.home import resolve_home
+from warehouse import queries
+from warehouse.store import Warehouse, Writer, utcnow
+
+Encoder = Literal["i3d", "clip", "concepts"]
+
+
+class TokenizeParams(BaseModel):
+    """Parameters of the tokenize flow (shown as a form in Prefect's UI)."""
+
+    home: str | None = Field(None, description="Data home (default: $VIDEOBERT_HOME or "
+                             "./videobert-data)")
+    encoders: list[Encoder] = Field(["i3d", "concepts"], description="Feature encoders to run "
+                                    "(clip also runs when clip_model is given)")
+    clip_model: str | None = Field(None, description="CLIP weights: a local folder or a hub id")
+    codebook_encoder: Literal["i3d", "clip"] = Field("i3d", description="Features clustered "
+                                                     "into visual tokens")
+    levels: int = Field(4, ge=1, le=8, description="Hierarchy depth (VideoBERT: 4)")
+    branching: int = Field(12, ge=2, le=256, description="Children per node (VideoBERT: 12)")
+    seed: int = Field(0, description="k-means seed")
+    recluster: bool = Field(False, description="Fit a new codebook even if one exists")
+    batch_size: int = Field(8, ge=1, description="Clips per model forward pass")
+    decode_workers: int | None = Field(None, ge=1, description="Parallel decoders (default: "
+                                       "CPU count)")
+    clips_per_task: int = Field(256, ge=1, description="Clips per Prefect task (and commit)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    progress: bool = Field(False, description="Show progress bars on the terminal")
+
+
+@task(name="extract-features", cache_policy=NO_CACHE)
+def features_task(encoder: Any, clips: list[ClipRef], clip_s: float, batch_size: int,
+                  workers: int) -> tuple[list[dict], list[tuple]]:
+    """Decode and encode one chunk of clips."""
+    return encode_clips(encoder, clips, clip_s, batch_size=batch_size, workers=workers)
+
+
+def _todo(wh: Warehouse, encoder: str, version: str) -> dict[float, list[ClipRef]]:
+    """Clips without features for this encoder version, by clip length, readable file only."""
+    con = wh.connect()
+    rows = con.execute(queries.load("clips_without_features"), [encoder, version]).fetchall()
+    con.close()
+    out: dict[float, list[ClipRef]] = {}
+    for clip_id, video_id, start, end, clip_s, paths in rows:
+        path = next((p for p in paths if os.path.exists(p)), None)
+        if path is not None:
+            out.setdefault(float(clip_s), []).append(ClipRef(clip_id, video_id, path, start, end))
+    return out
+
+
+def _run_frame_encoder(w: Writer, enc: Any, p: TokenizeParams, run_id: str, bar: Progress,
+                       log: Any) -> int:
+    workers = p.decode_workers or os.cpu_count() or 2
+    done = 0
+    for clip_s, clips in _todo(w.wh, enc.name, enc.version).items():
+        with bar.task(f"{enc.name}", total=len(clips)) as tick:
+            for chunk in batches(clips, p.clips_per_task):
+                rows, failures = features_task(quote(enc), quote(chunk), clip_s,
+                                               p.batch_size, workers)
+                now = utcnow()
+                for r in rows:
+                    r.update(created_at=now, run_id=run_id)
+                if rows:
+                    w.commit([w.stage("clip_features", rows)], publish="auto",
+                             message=f"tokenize {run_id}: {enc.name} features")
+                for clip, msg in failures:
+                    log.warning("no %s features for clip %s: %s", enc.name, clip.clip_id, msg)
+                done += len(rows)
+                tick(len(chunk))
+    return done
+
+
+def _run_concepts(w: Writer, p: TokenizeParams, i3d_version: str, run_id: str) -> int:
+    enc = concepts_encoder(p.device)
+    version = f"concepts-{enc.version}-{i3d_version}"
+    con = w.wh.connect()
+    rows = con.execute(queries.load("logits_without_concepts"),
+                       [i3d_version, version]).fetchall()
+    con.close()
+    total = 0
+    for chunk in batches(rows, 4096):
+        logits = np.asarray([r[2] for r in chunk], dtype=np.float32)
+        emb = enc.embed_logits(logits)
+        now = utcnow()
+        out = [{"clip_id": c, "video_id": v, "encoder": "concepts", "encoder_version": version,
+                "dim": int(emb.shape[1]), "vector": emb[i].tolist(), "n_frames": n,
+                "created_at": now, "run_id": run_id}
+               for i, (c, v, _, n) in enumerate(chunk)]
+        w.commit([w.stage("clip_features", out)], publish="auto",
+                 message=f"tokenize {run_id}: concepts")
+        total += len(out)
+    return total
+
+
+def _codebook(w: Writer, p: TokenizeParams, encoder: str, version: str, run_id: str,
+              log: Any) -> dict[str, Any]:
+    """Fit (first time, or recluster) or reuse the codebook; assign tokens to new clips."""
+    from tasks.tokens import assign_new, fit_codebook
+
+    con = w.wh.connect()
+    active = con.execute(queries.load("active_codebook"), [encoder, version]).fetchall()
+    con.close()
+    if not active or p.recluster:
+        info = fit_codebook(w, encoder, version, p.levels, p.branching, p.seed, run_id, log)
+    else:
+        info = {"codebook_id": active[0][0], "path": active[0][1], "fitted": False}
+    info["assigned"] = assign_new(w, info["codebook_id"], info["path"], encoder, version,
+                                  run_id)
+    return info
+
+
+@flow(name="tokenize")
+def tokenize_flow(params: TokenizeParams) -> dict[str, Any]:
+    """Features for every clip, a codebook, and each clip's visual token."""
+    log = get_run_logger()
+    home = resolve_home(params.home)
+    wh = Warehouse(home)
+    run_id = uuid.uuid4().hex
+    bar = Progress(enabled=params.progress)
+    summary: dict[str, Any] = {"run_id": run_id, "home": str(home), "features": {}}
+    with wh.writer(purpose="tokenize") as w:
+        i3d = None
+        if {"i3d", "concepts"} & set(params.encoders) or params.codebook_encoder == "i3d":
+            i3d = I3DEncoder(home / "weights", params.device)
+            summary["features"]["i3d"] = _run_frame_encoder(w, i3d, params, run_id, bar, log)
+        if "concepts" in params.encoders and i3d is not None:
+            summary["features"]["concepts"] = _run_concepts(w, params, i3d.version, run_id)
+        clip_enc = None
+        if params.clip_model or "clip" in params.encoders:
+            from models.clip import available
+
+            ok, why = available(params.clip_model)
+            if ok:
+                clip_enc = ClipFrameEncoder(params.clip_model, params.device)
+                summary["features"]["clip"] = _run_frame_encoder(w, clip_enc, params, run_id,
+                                                                 bar, log)
+            else:
+                log.warning("CLIP skipped: %s", why)
+                summary["clip_skipped"] = why
+        enc = clip_enc if params.codebook_encoder == "clip" else i3d
+        if enc is None:
+            raise ValueError(f"codebook encoder {params.codebook_encoder!r} did not run")
+        summary["codebook"] = _codebook(w, params, enc.name, enc.version, run_id, log)
+    log.info("tokenize: %s", json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    tokenize_flow(TokenizeParams(home=sys.argv[1] if len(sys.argv) > 1 else None,
+                                 progress=True))

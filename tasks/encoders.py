@@ -1,0 +1,89 @@
+"""Encoders behind one interface for the feature flow: I3D, CLIP, and the concepts baseline.
+
+Each frame encoder says how many frames per clip it wants and at what size, and turns a batch
+of uint8 clips into vectors. Models are loaded once per process (cached) on the best device;
+on CUDA the forward pass runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+I3D_FRAMES = 16  # per 1.5 s clip, as the reference evaluates I3D
+I3D_DECODE = 256  # short side 256, then a 224 centre crop (the reference's evaluation)
+I3D_CROP = 224
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _file_version(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class I3DEncoder:
+    """I3D (Kinetics-400): 1024-d pooled Mixed_5c features plus the 400 logits."""
+
+    name = "i3d"
+    dim = 1024
+    n_frames = I3D_FRAMES
+    size = I3D_DECODE
+
+    def __init__(self, weights_dir: Path, device: str = "auto") -> None:
+        from models.i3d import I3D
+        from models.i3d_weights import install_i3d_weights
+
+        self.device = pick_device(device)
+        path = install_i3d_weights(Path(weights_dir))
+        self.model = I3D.from_safetensors(path, self.device)
+        self.version = f"i3d-k400-{_file_version(path)}"
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, T, S, S, 3) uint8 -> (features (B, 1024), logits (B, 400))."""
+        from models.i3d import preprocess
+
+        x = preprocess(torch.from_numpy(frames).to(self.device), crop=I3D_CROP)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            feats, logits = self.model(x)
+        return feats.float().cpu().numpy(), logits.float().cpu().numpy()
+
+
+class ClipFrameEncoder:
+    """CLIP: a clip's embedding is the mean of its L2-normalised frame embeddings."""
+
+    name = "clip"
+    n_frames = 8
+
+    def __init__(self, name_or_path: str, device: str = "auto") -> None:
+        from models.clip import ClipEncoder
+
+        self.clip = ClipEncoder.from_pretrained(name_or_path, device=pick_device(device))
+        self.dim = self.clip.dim
+        self.size = int(self.clip.preprocess.resize)  # decode at the short side CLIP resizes to
+        self.version = self.clip.version
+
+    def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, T, S, S, 3) uint8 -> (embeddings (B, D), None)."""
+        return self.clip.encode_clips(frames), None
+
+
+@functools.cache
+def concepts_encoder(device: str = "auto"):  # noqa: ANN201 - models.concepts.ConceptsEncoder
+    """The zero-shot concepts encoder (MiniLM over Kinetics class names), cached."""
+    from models.concepts import ConceptsEncoder, TextEncoder
+
+    return ConceptsEncoder.from_labels_file(text_encoder=TextEncoder(device=pick_device(device)))
