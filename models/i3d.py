@@ -266,7 +266,7 @@ class I3D(nn.Module):
         """
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device=str(device))
+        state = load_file(str(path))  # CPU tensors; the model moves once, below
         bias = state.get("Logits.Conv3d_0c_1x1.conv.bias")
         if bias is None:
             raise ValueError(f"{path} is not an I3D state dict (no Logits bias)")

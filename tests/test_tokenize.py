@@ -112,3 +112,56 @@ def test_clip_features_with_a_local_clip_folder(tokenized, tmp_path):
     assert out["features"]["clip"] == n_clips
     dims = con.sql("SELECT DISTINCT dim FROM clip_features WHERE encoder = 'clip'").fetchall()
     assert dims == [(16,)]
+
+
+def test_codebook_gallery_png(tokenized, tmp_path):
+    from PIL import Image
+
+    from tasks.gallery import THUMB, codebook_gallery
+
+    home, _, _ = tokenized
+    path, cb_id = codebook_gallery(Warehouse(home), tmp_path / "g.png", n_tokens=3, per_token=4)
+    img = np.asarray(Image.open(path))
+    assert img.shape[0] == 3 * (THUMB + 4) and img.shape[1] > 4 * THUMB
+    assert img[:THUMB, 90:90 + THUMB].std() > 10  # a real frame, not a flat tile
+    assert len(cb_id) == 16
+
+
+def test_sigkill_mid_tokenize_resumes_without_duplicates(tokenized, tmp_path):
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flows.ingest import IngestParams, ingest_flow
+    from tests.test_cli import _env
+
+    src_home, _, _ = tokenized
+    home = tmp_path / "home"
+    ingest_flow(IngestParams(source=str(src_home / "samples" / "real"), home=str(home)))
+    shutil.copytree(src_home / "weights", home / "weights")  # skip the download
+    wh = Warehouse(home)
+    cmd = [sys.executable, "-m", "videobert.cli", "tokenize", "--levels", "2", "--branching",
+           "3", "--clips-per-task", "2", "--format", "json"]
+    proc = subprocess.Popen(cmd, env=_env(home), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(e["message"].endswith("i3d features") for e in wh.manifest()["log"]):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_clips = wh.connect().sql("SELECT count(*) FROM clips").fetchall()[0][0]
+    done = wh.connect().sql("SELECT count(*) FROM clip_features").fetchall()[0][0]
+    assert 0 < done < n_clips, "the kill came too late (or too early) to test anything"
+    p = subprocess.run(cmd, env=_env(home), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["features"]["i3d"] == n_clips - done
+    con = wh.connect()
+    assert con.sql("SELECT count(*), count(DISTINCT clip_id) FROM clip_features "
+                   "WHERE encoder = 'i3d'").fetchall() == [(n_clips, n_clips)]
+    assert con.sql("SELECT count(DISTINCT clip_id) FROM visual_tokens").fetchall() == [(n_clips,)]

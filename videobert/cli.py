@@ -27,6 +27,8 @@ warehouse_app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the
 app.add_typer(warehouse_app, name="warehouse")
 weights_app = typer.Typer(no_args_is_help=True, help="Install and list model weights.")
 app.add_typer(weights_app, name="weights")
+codebook_app = typer.Typer(no_args_is_help=True, help="Look at the visual-token codebook.")
+app.add_typer(codebook_app, name="codebook")
 
 out = Console()
 err = Console(stderr=True)
@@ -269,6 +271,8 @@ def tokenize(
     levels: Annotated[int, typer.Option(help="Codebook depth (VideoBERT: 4)")] = 4,
     branching: Annotated[int, typer.Option(help="Children per node (VideoBERT: 12)")] = 12,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass")] = 8,
+    clips_per_task: Annotated[int, typer.Option(
+        help="Clips per Prefect task and commit (a kill loses at most one task's work)")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
     home: HomeOpt = None,
@@ -282,6 +286,7 @@ def tokenize(
     params: dict[str, Any] = {"home": str(h), "clip_model": clip_model, "recluster": recluster,
                               "levels": levels, "branching": branching,
                               "batch_size": batch_size, "device": device,
+                              "clips_per_task": clips_per_task,
                               "progress": sys.stderr.isatty()}
     if encoder:
         params["encoders"] = encoder
@@ -299,6 +304,33 @@ def tokenize(
     if summary.get("clip_skipped"):
         rows.append(("clip", f"skipped: {summary['clip_skipped']}"))
     print_rows(["what", "value"], rows, Fmt.table, title="tokenize summary")
+
+
+@codebook_app.command("show")
+def codebook_show(
+    codebook: Annotated[str | None, typer.Option(help="Codebook id (default: the newest)")]
+    = None,
+    tokens: Annotated[int, typer.Option(help="Tokens to show (most used first)")] = 12,
+    per_token: Annotated[int, typer.Option(help="Clips per token, nearest the centroid")] = 6,
+    out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default: "
+                                                  "HOME/reports/codebook-ID.png)")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write a PNG of visual words: frames of the clips nearest each token's centroid."""
+    from tasks.gallery import codebook_gallery
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(resolve_home(home))
+    target = out_path or wh.home / "reports" / "codebook.png"
+    try:
+        path, cb_id = codebook_gallery(wh, target, codebook, tokens, per_token)
+    except ValueError as e:
+        _fail(str(e))
+    if out_path is None:
+        final = path.with_name(f"codebook-{cb_id}.png")
+        path.replace(final)
+        path = final
+    out.print(f"codebook {cb_id}: {path}")
 
 
 @weights_app.command("install")
