@@ -34,7 +34,7 @@ def _mixture(n: int, d: int, k: int, seed: int, spread: float = 4.0) -> np.ndarr
 
 
 def _fit(x: np.ndarray, **kw) -> HKMeansTree:
-    kw = {"levels": 3, "branching": 4, "min_points_per_centroid": 5, "device": "faiss-cpu"} | kw
+    kw = {"levels": 3, "branching": 4, "min_points_per_centroid": 5, "device": "torch-cpu"} | kw
     return fit_hkmeans(x, **kw)
 
 
@@ -94,7 +94,7 @@ def test_fitted_tokens_equal_assign_of_training_points(tree: HKMeansTree, data: 
 
 def test_small_corpus_is_reduced_and_logged() -> None:
     messages: list[str] = []
-    small = fit_hkmeans(_mixture(500, 8, 10, seed=2), log=messages.append, device="faiss-cpu")
+    small = fit_hkmeans(_mixture(500, 8, 10, seed=2), log=messages.append)  # device auto
     assert (small.levels, small.branching, small.n_tokens) == (3, 2, 8)
     notice = [m for m in messages if "cannot fill" in m]
     assert notice and "4 levels x 12" in notice[0] and "using 3 levels x 2 = 8 tokens" in notice[0]
@@ -110,12 +110,13 @@ def test_plan_shape_rule() -> None:
         plan_shape(77, 4, 12, 39)
 
 
-def test_tiny_nodes_get_copies_and_empty_leaves() -> None:
+@pytest.mark.parametrize("device", ["torch-cpu", "faiss-cpu"])
+def test_tiny_nodes_get_copies_and_empty_leaves(device: str) -> None:
     rng = np.random.default_rng(3)
     blob = rng.normal(size=(300, 8))
     outliers = np.eye(8)[:3] * 1000.0  # three far singletons: level-1 clusters of one point
     x = np.vstack([blob, outliers]).astype(np.float32)
-    t = fit_hkmeans(x, 2, 4, min_points_per_centroid=1, device="faiss-cpu")
+    t = fit_hkmeans(x, 2, 4, min_points_per_centroid=1, device=device)
     assert t.stats[1].unsplit == 3 and t.stats[1].empty == 9
     tokens = assign(t, x)
     assert np.array_equal(tokens, t.train_tokens)
@@ -167,8 +168,9 @@ def test_tampered_or_foreign_files_are_refused(tmp_path: Path, tree: HKMeansTree
 
 
 def test_torch_backend_agrees_with_faiss(data: np.ndarray, tree: HKMeansTree) -> None:
-    t = _fit(data, device="torch-cpu")
-    assert t.fit_info["backend"] == "torch-cpu"
+    assert tree.fit_info["backend"] == "torch-cpu"
+    t = _fit(data, device="faiss-cpu")
+    assert t.fit_info["backend"] == "faiss-cpu"
     for a, b in zip(t.stats, tree.stats, strict=True):
         assert abs(a.inertia - b.inertia) <= 0.03 * b.inertia
     assert np.array_equal(assign(t, data), t.train_tokens)
@@ -180,8 +182,8 @@ def test_well_separated_blobs_map_to_distinct_level1_clusters() -> None:
     sizes = [100, 150, 200, 250, 300, 350]
     x = np.vstack([c + rng.normal(size=(s, 8)) for c, s in zip(centres, sizes, strict=True)])
     truth = np.repeat(np.arange(6), sizes)
-    top = assign_path(fit_hkmeans(x.astype(np.float32), 2, 6, min_points_per_centroid=5,
-                                  device="faiss-cpu"), x.astype(np.float32))[:, 0]
+    x = x.astype(np.float32)
+    top = assign_path(fit_hkmeans(x, 2, 6, min_points_per_centroid=5), x)[:, 0]
     per_blob = [set(top[truth == i].tolist()) for i in range(6)]
     assert all(len(s) == 1 for s in per_blob)
     assert len(set().union(*per_blob)) == 6
@@ -208,7 +210,7 @@ def test_bad_inputs_name_the_problem(tree: HKMeansTree) -> None:
         assign(tree, np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="unknown device"):
         resolve_backend("tpu")
-    assert resolve_backend("cpu") == "faiss-cpu" and resolve_backend("auto") in BACKENDS
+    assert resolve_backend("cpu") == "torch-cpu" and resolve_backend("auto") in BACKENDS
 
 
 @pytest.mark.gpu
