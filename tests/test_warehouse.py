@@ -144,7 +144,7 @@ def test_single_writer_lock(home: Path):
     p = ctx.Process(target=_hold_lock, args=(str(home), ready, release))
     p.start()
     try:
-        assert ready.wait(60)
+        assert ready.wait(180)  # a spawned child imports duckdb/pyarrow: slow on a busy machine
         with pytest.raises(WarehouseError, match="test holder"), Warehouse(home).writer(wait_s=0.3):
             pass
     finally:
