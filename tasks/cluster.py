@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +44,8 @@ import numpy as np
 import safetensors.numpy
 import torch
 from safetensors import SafetensorError, safe_open
+
+from videobert.atomic import write_bytes_atomic
 
 FORMAT = "videobert.hkmeans/1"
 BACKENDS = ("faiss-gpu", "torch-cuda", "torch-cpu", "faiss-cpu")
@@ -444,18 +445,7 @@ def save_tree(tree: HKMeansTree, path: Path) -> None:
             "fit_info": tree.fit_info}
     tensors = {f"centroids.{i}": np.ascontiguousarray(c) for i, c in enumerate(tree.centroids)}
     blob = safetensors.numpy.save(tensors, metadata={"hkmeans": json.dumps(meta)})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    os.fsync(dir_fd)
-    os.close(dir_fd)
+    write_bytes_atomic(blob, path)
 
 
 def load_tree(path: Path) -> HKMeansTree:

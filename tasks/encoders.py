@@ -8,11 +8,12 @@ on CUDA the forward pass runs under bf16 autocast.
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from videobert.atomic import sha256_file
 
 I3D_FRAMES = 16  # per 1.5 s clip, as the reference evaluates I3D
 I3D_DECODE = 256  # short side 256, then a 224 centre crop (the reference's evaluation)
@@ -24,14 +25,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _file_version(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 class I3DEncoder:
@@ -49,7 +42,7 @@ class I3DEncoder:
         self.device = pick_device(device)
         path = install_i3d_weights(Path(weights_dir))
         self.model = I3D.from_safetensors(path, self.device)
-        self.version = f"i3d-k400-{_file_version(path)}"
+        self.version = f"i3d-k400-{sha256_file(path)[:16]}"
 
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

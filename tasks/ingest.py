@@ -12,17 +12,14 @@ An ingest is incremental and idempotent:
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tasks.errors import IngestError
 from tasks.scan import Candidate
+from videobert.atomic import sha256_file
 from warehouse import queries
 from warehouse.store import Warehouse
-
-HASH_CHUNK = 4 << 20
 
 
 @dataclass
@@ -68,21 +65,12 @@ def is_unchanged(c: Candidate, st: KnownState) -> bool:
     return err is not None and err == (c.size, c.mtime_ns)
 
 
-def sha256_path(path: str | Path) -> str:
-    """sha256 hex of a file's bytes (streamed in 4 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def hash_candidates(cands: list[Candidate]) -> list[tuple[Candidate, str | None, str | None]]:
     """Hash each file; returns (candidate, sha256 or None, error message or None)."""
     out: list[tuple[Candidate, str | None, str | None]] = []
     for c in cands:
         try:
-            out.append((c, sha256_path(c.abs_path), None))
+            out.append((c, sha256_file(c.abs_path), None))
         except OSError as e:
             out.append((c, None, f"cannot read {c.path!r}: {e}"))
     return out

@@ -17,9 +17,10 @@ from typing import Any
 
 from tasks import media, text
 from tasks.errors import IngestError
-from tasks.ingest import KnownState, NewContent, sha256_path
+from tasks.ingest import KnownState, NewContent
 from tasks.manifests import ManifestRow, read_caption_manifest
 from tasks.scan import Candidate, resolve_inside
+from videobert.atomic import sha256_file
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def attach_sidecars(out: Rows, cfg: IngestConfig, st: KnownState, video_id: str,
     for name in names:
         for sub in index.sidecars.get(name.abs_path, []):
             try:
-                sha = sha256_path(sub.abs_path)
+                sha = sha256_file(sub.abs_path)
             except OSError as e:
                 out.add("ingest_errors", file_error(cfg, sub, IngestError(
                     "io_error", f"cannot read {sub.path!r}: {e}", "text")))
@@ -331,7 +332,7 @@ def build_text_index(cfg: IngestConfig, root: Path, videos: list[Candidate],
     for m in manifests:
         try:
             rows, bad = read_caption_manifest(Path(m.abs_path))
-            sha = sha256_path(m.abs_path)
+            sha = sha256_file(m.abs_path)
         except IngestError as e:
             out.add("ingest_errors", file_error(cfg, m, e))
             continue

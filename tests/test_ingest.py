@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ingest import sha256_path
 from tests import media_factory as mf
 from tests.fs_watch import FsWatch
+from videobert.atomic import sha256_file
 from warehouse.checks import run_checks
 from warehouse.store import Warehouse
 
@@ -174,7 +174,7 @@ def test_ingested_rows_are_right(prefect_harness, messy: Path, home: Path):
         return dict(zip([d[0] for d in rel.description], rel.fetchall()[0], strict=True))
 
     good = video("good.mp4")
-    assert good["video_id"] == sha256_path(messy / "good.mp4")
+    assert good["video_id"] == sha256_file(messy / "good.mp4")
     assert abs(good["duration_s"] - 3.0) < 0.1 and good["has_audio"]
     assert con.execute("SELECT count(*) FROM video_files WHERE video_id = ?",
                        [good["video_id"]]).fetchall() == [(2,)]

@@ -8,38 +8,19 @@ file that the next writer removes.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TMP_PREFIX = ".tmp-"
-
-
-def fsync_dir(folder: Path) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from videobert.atomic import (  # noqa: F401 - re-exported for the warehouse
+    TMP_PREFIX,
+    fsync_dir,
+    sha256_file,
+    tmp_path_for,
+    write_bytes_atomic,
+)
 
 
 def write_parquet_atomic(data: pa.Table, dest: Path, *, compression: str = "zstd") -> dict:
@@ -57,7 +38,7 @@ def write_parquet_atomic(data: pa.Table, dest: Path, *, compression: str = "zstd
         OSError: when the write or the verification fails (the temp file is removed).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{dest.name}"
+    tmp = tmp_path_for(dest)
     try:
         with open(tmp, "wb") as f:
             pq.write_table(data, f, compression=compression)
@@ -77,19 +58,3 @@ def write_parquet_atomic(data: pa.Table, dest: Path, *, compression: str = "zstd
         tmp.unlink(missing_ok=True)
         raise
     return {"rows": data.num_rows, "bytes": size, "sha256": digest}
-
-
-def write_bytes_atomic(data: bytes, dest: Path) -> None:
-    """Write small bytes (JSON manifests) atomically with fsync and rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{dest.name}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
