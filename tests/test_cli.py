@@ -169,3 +169,12 @@ def test_prefect_yaml_entrypoints_load():
     for dep in spec["deployments"]:
         flow = load_flow_from_entrypoint(str(root / dep["entrypoint"]))
         assert flow.name and set(dep.get("parameters", {})) <= set(flow.parameters.properties)
+
+
+def test_no_module_shadows_the_standard_library():
+    """Prefect puts an entrypoint's folder on sys.path: no flow/task file may be named like a
+    standard-library module (flows/tokenize.py broke every spawned process that way)."""
+    root = Path(__file__).resolve().parents[1]
+    names = {p.stem for d in ("flows", "tasks", "models", "warehouse", "videobert")
+             for p in (root / d).glob("*.py")}
+    assert not names & set(sys.stdlib_module_names), names & set(sys.stdlib_module_names)

@@ -15,7 +15,7 @@ from warehouse.store import Warehouse
 def tokenized(prefect_harness, tmp_path_factory) -> tuple[Path, dict, dict]:
     """Sample corpus ingested and tokenized once; returns (home, first, second summary)."""
     from flows.ingest import IngestParams, ingest_flow
-    from flows.tokenize import TokenizeParams, tokenize_flow
+    from flows.visual_tokens import TokenizeParams, tokenize_flow
     from tasks.samples import build_sample_corpus
 
     home = tmp_path_factory.mktemp("tok") / "home"
@@ -96,7 +96,7 @@ def test_concepts_search_beats_random(tokenized):
 
 def test_clip_features_with_a_local_clip_folder(tokenized, tmp_path):
     """A CLIP folder given: clip features for every clip; without one the flow says so."""
-    from flows.tokenize import TokenizeParams, tokenize_flow
+    from flows.visual_tokens import TokenizeParams, tokenize_flow
     from tests.tiny_clip import make_tiny_clip
 
     home, _, _ = tokenized

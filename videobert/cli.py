@@ -280,7 +280,7 @@ def tokenize(
     """Clip features (I3D, concepts, CLIP), a hierarchical k-means codebook, visual tokens."""
     h = resolve_home(home)
     start_flow_env(h)
-    from flows.tokenize import TokenizeParams, tokenize_flow
+    from flows.visual_tokens import TokenizeParams, tokenize_flow
     from warehouse.store import WarehouseError
 
     params: dict[str, Any] = {"home": str(h), "clip_model": clip_model, "recluster": recluster,
