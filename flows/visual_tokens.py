@@ -3,9 +3,9 @@
 Run it with ``videobert tokenize`` or ``python -m flows.visual_tokens``. (The file is not named
 ``tokenize.py``: Prefect puts a flow file's folder on ``sys.path`` when it loads an entrypoint,
 and a ``tokenize.py`` there shadows the standard library module that ``linecache`` imports.)
-Incremental: clips that already have features for an encoder version are skipped, new clips are assigned with the
-existing codebook (a full re-cluster is explicit: ``recluster``). Features are committed per
-task, so a killed run resumes where it stopped, without duplicates.
+Incremental: clips that already have features for an encoder version are skipped, new clips
+are assigned with the existing codebook (a full re-cluster is explicit: ``recluster``).
+Features are committed per task, so a killed run resumes where it stopped, without duplicates.
 """
 
 from __future__ import annotations
