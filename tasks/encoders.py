@@ -13,18 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.device import pick_device
 from videobert.atomic import sha256_file
 
 I3D_FRAMES = 16  # per 1.5 s clip, as the reference evaluates I3D
 I3D_DECODE = 256  # short side 256, then a 224 centre crop (the reference's evaluation)
 I3D_CROP = 224
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class I3DEncoder:
