@@ -31,7 +31,12 @@ def _v2_visual_tokens(writer: Writer) -> list[StagedPart]:
     return []
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_initial, 2: _v2_visual_tokens}
+def _v3_models(writer: Writer) -> list[StagedPart]:
+    """Schema v3: model_runs, training_metrics, embeddings, indices, eval_results, promotions."""
+    return []
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_initial, 2: _v2_visual_tokens, 3: _v3_models}
 
 
 def add_columns_part(writer: Writer, table: str) -> StagedPart:
