@@ -14,7 +14,7 @@ CREATE TABLE eval_results (
     r10 DOUBLE NOT NULL,
     mdr DOUBLE NOT NULL,
     mnr DOUBLE NOT NULL,
-    at TIMESTAMP,
+    "at" TIMESTAMP,
     PRIMARY KEY (eval_id, encoder, model_run, level, direction, mode)
 );
 COMMENT ON TABLE eval_results IS 'Text<->video retrieval metrics per encoder and model run (R@K in percent).';
@@ -32,4 +32,4 @@ COMMENT ON COLUMN eval_results.r5 IS 'recall@5 in percent';
 COMMENT ON COLUMN eval_results.r10 IS 'recall@10 in percent';
 COMMENT ON COLUMN eval_results.mdr IS 'median rank of the first correct candidate (1 = top)';
 COMMENT ON COLUMN eval_results.mnr IS 'mean rank of the first correct candidate';
-COMMENT ON COLUMN eval_results.at IS 'UTC time of the evaluation';
+COMMENT ON COLUMN eval_results."at" IS 'UTC time of the evaluation';

@@ -9,7 +9,7 @@ CREATE TABLE promotions (
     previous_value DOUBLE,
     reason VARCHAR NOT NULL,
     flow_run_id VARCHAR,
-    at TIMESTAMP,
+    "at" TIMESTAMP,
     PRIMARY KEY (promotion_id)
 );
 COMMENT ON TABLE promotions IS 'Promotion gate decisions: the live model is the latest promoted row.';
@@ -22,4 +22,4 @@ COMMENT ON COLUMN promotions.value IS 'candidate metric value';
 COMMENT ON COLUMN promotions.previous_value IS 'live model metric value on the same data';
 COMMENT ON COLUMN promotions.reason IS 'why it was (not) promoted';
 COMMENT ON COLUMN promotions.flow_run_id IS 'Prefect flow run that decided';
-COMMENT ON COLUMN promotions.at IS 'UTC time of the decision';
+COMMENT ON COLUMN promotions."at" IS 'UTC time of the decision';
