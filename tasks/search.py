@@ -1,0 +1,168 @@
+"""``videobert search``: text -> the matching moments of the indexed videos.
+
+The query is embedded by the live model (the promoted fine-tune run; before any promotion the
+newest finished one; or the concepts baseline when no VideoBERT run exists), searched in that
+run's published clip index, and each hit is joined with the warehouse: a path the video was
+seen under, the clip's start and end, and the text said there. ``rerank`` re-scores the
+candidates with VideoBERT's alignment head. Everything read is published and immutable, so
+search works while a flow is writing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import model_runs
+from tasks.index_load import LoadedIndex, load_current
+from warehouse import queries
+from warehouse.store import Warehouse
+
+
+@dataclass(frozen=True)
+class Searcher:
+    """A loaded query encoder and its index; reusable across queries."""
+
+    encoder: str
+    model_run: str
+    index: LoadedIndex
+    embed: Any
+    model: Any = None
+    tokenizer: Any = None
+    codebook_id: str | None = None
+
+
+class SearchUnavailable(RuntimeError):
+    """Nothing to search yet (no embeddings or index): the message says what to run."""
+
+
+def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | None = None,
+                  clip_model: str | None = None, device: str = "cpu") -> Searcher:
+    """Load the query encoder and the published clip index.
+
+    Args:
+        home: data home.
+        encoder: ``videobert``, ``concepts`` or ``clip``; None = the live model, else concepts.
+        model_run: a specific VideoBERT fine-tune run (default: the live one).
+        clip_model: CLIP weights (folder or hub id), required for ``clip``.
+        device: where the query encoder runs.
+
+    Raises:
+        SearchUnavailable: when the encoder has no embeddings/index yet.
+    """
+    wh = Warehouse(home)
+    live = None if encoder not in (None, "videobert") else (
+        model_runs.one(wh, "model_run_ckpt", [model_run]) if model_run
+        else model_runs.live_run(wh))
+    if live is not None:
+        return _videobert(home, live, device)
+    if encoder == "videobert":
+        raise SearchUnavailable(f"no finished VideoBERT fine-tune in {home}: run "
+                                "`videobert finetune` (or `videobert run`)")
+    enc = encoder or "concepts"
+    ver = model_runs.one(wh, "latest_feature_version", [enc])
+    if ver is None:
+        raise SearchUnavailable(f"no {enc} features in {home}: run `videobert tokenize`")
+    index = _load(home, enc, ver[0])
+    if enc == "clip":
+        if not clip_model:
+            raise SearchUnavailable("--clip-model is needed to embed queries with CLIP")
+        from models.clip import ClipEncoder
+
+        clip = ClipEncoder.from_pretrained(clip_model, device=device)
+        return Searcher("clip", ver[0], index, clip.encode_text)
+    from tasks.encoders import concepts_encoder
+
+    return Searcher(enc, ver[0], index, concepts_encoder(device).embed_text)
+
+
+def _load(home: Path, encoder: str, model_run: str) -> LoadedIndex:
+    try:
+        return load_current(home / "indices", encoder, model_run, "clip")
+    except FileNotFoundError as e:
+        raise SearchUnavailable(f"no published {encoder} clip index for {model_run} in "
+                                f"{home}: run `videobert index`") from e
+
+
+def _videobert(home: Path, live: tuple, device: str) -> Searcher:
+    from models.videobert import VideoBert, text_tokenizer
+    from tasks.finetune import embed_texts
+
+    run, codebook_id, ckpt, _preset = live
+    model = VideoBert.from_pretrained(home / ckpt, device=device)
+    tok = text_tokenizer()
+    index = _load(home, "videobert", run)
+    return Searcher("videobert", run, index,
+                    lambda texts: embed_texts(model, tok, texts, device=device),
+                    model=model, tokenizer=tok, codebook_id=codebook_id)
+
+
+def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = False,
+           rerank_top: int = 50) -> list[dict[str, Any]]:
+    """The top ``k`` clips for ``query``, best first, with path, times, score and text.
+
+    Args:
+        home: data home.
+        s: from :func:`open_searcher`.
+        query: free text.
+        k: results.
+        rerank: re-score the top ``rerank_top`` candidates with the alignment head
+            (VideoBERT only).
+        rerank_top: candidates re-scored.
+
+    Returns:
+        Rows ``{rank, clip_id, video_id, path, start_s, end_s, score, text}`` (plus
+        ``align_logit`` when reranked).
+    """
+    if not query.strip():
+        raise ValueError("empty query")
+    if rerank and s.model is None:
+        raise ValueError(f"--rerank needs a VideoBERT model; the {s.encoder} encoder has no "
+                         "alignment head")
+    q = np.asarray(s.embed([query]), dtype=np.float32)
+    depth = min(s.index.ntotal, max(k, rerank_top if rerank else k))
+    scores, ids = s.index.search(q, depth)
+    hits = [(str(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True)
+            if i is not None and str(i) not in ("", "None")]
+    wh = Warehouse(home)
+    extra: dict[str, float] = {}
+    if rerank:
+        extra = _align(wh, s, query, [h[0] for h in hits])
+        hits.sort(key=lambda h: -extra.get(h[0], -np.inf))
+    hits = hits[:k]
+    con = wh.connect()
+    details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
+                                            [[h[0] for h in hits]]).fetchall()}
+    con.close()
+    out = []
+    for rank, (clip_id, score) in enumerate(hits, 1):
+        _c, video_id, start, end, path, text = details.get(clip_id, (clip_id, None, None, None,
+                                                                     None, None))
+        row = {"rank": rank, "clip_id": clip_id, "video_id": video_id, "path": path,
+               "start_s": start, "end_s": end, "score": round(score, 6), "text": text or ""}
+        if rerank:
+            row["align_logit"] = round(extra.get(clip_id, float("nan")), 6)
+        out.append(row)
+    return out
+
+
+def _align(wh: Warehouse, s: Searcher, query: str, clip_ids: list[str]) -> dict[str, float]:
+    """Alignment-head logit of ``[CLS] query [>] clip token [SEP]`` per candidate clip."""
+    import torch
+
+    from tasks.finetune import joint_inputs
+
+    con = wh.connect()
+    tokens = dict(con.execute(queries.load("clip_tokens"), [s.codebook_id, clip_ids]).fetchall())
+    con.close()
+    have = [c for c in clip_ids if c in tokens]
+    if not have:
+        return {}
+    seqs, types, mask = joint_inputs(s.tokenizer, query, [(int(tokens[c]),) for c in have])
+    device = next(s.model.parameters()).device
+    with torch.no_grad():
+        logits = s.model.alignment_logits(seqs.to(device), types.to(device), mask.to(device))
+    return dict(zip(have, logits.float().cpu().tolist(), strict=True))

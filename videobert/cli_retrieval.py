@@ -1,0 +1,172 @@
+"""Retrieval commands of the ``videobert`` CLI: finetune, index, evaluate, search.
+
+Registered on the main Typer app by ``videobert/cli.py``. ``search`` does not start Prefect:
+it only reads the published catalog and index, so it answers while a flow is writing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
+from videobert.home import resolve_home
+
+MetricCols = ["encoder", "level", "direction", "mode", "r1", "r5", "r10", "mdr", "mnr"]
+
+
+@app.command()
+def finetune(
+    from_run: Annotated[str | None, typer.Option(
+        help="Pretraining run to start from (default: the newest finished one)")] = None,
+    steps: Annotated[int, typer.Option(help="Maximum optimiser steps", min=1)] = 600,
+    batch_size: Annotated[int, typer.Option(help="Caption-clip pairs per batch", min=2)] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate")] = 1e-4,
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps", min=1)] = 50,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (validations)")] = 4,
+    distill: Annotated[str | None, typer.Option(help="Teacher to distil from: concepts")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of the batch order")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Fine-tune a pretrained VideoBERT for text-video retrieval (InfoNCE, early stopping on
+    validation R@5) and write its clip, text and video embeddings to the warehouse."""
+    h = resolve_home(home)
+    start_flow_env(h)
+    from flows.finetune import FinetuneParams, finetune_flow
+    from warehouse.store import WarehouseError
+
+    try:
+        summary = finetune_flow(FinetuneParams(
+            home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
+            eval_every=eval_every, patience=patience, distill=distill, seed=seed,
+            device=device))
+    except (WarehouseError, ValueError) as e:
+        _fail(str(e))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return
+    val = summary["val"]
+    print_rows(["metric", "value"], [(k, f"{float(v):.4g}") for k, v in val.items()], Fmt.table,
+               title=f"{summary['model_run']} (from {summary['parent_run']}): best val "
+                     f"text->clip at step {summary['best_step']}")
+    out.print(f"checkpoint: {summary['checkpoint']}\nembeddings: {summary['embeddings']}")
+
+
+@app.command()
+def index(
+    encoder: Annotated[list[str] | None, typer.Option(
+        "--encoder", "-e", help="concepts, videobert, clip (repeatable; default: all)")] = None,
+    model_run: Annotated[str | None, typer.Option(
+        help="VideoBERT fine-tune run (default: the live one)")] = None,
+    clip_model: Annotated[str | None, typer.Option(help="CLIP weights (text tower)")] = None,
+    memory_budget_mb: Annotated[int, typer.Option(help="RAM an index may take (MiB)")] = 4096,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild instead of adding new items")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Embeddings for every available encoder, then FAISS clip and video indices for each."""
+    h = resolve_home(home)
+    start_flow_env(h)
+    from flows.index import IndexParams, index_flow
+    from warehouse.store import WarehouseError
+
+    params: dict[str, Any] = {"home": str(h), "model_run": model_run, "clip_model": clip_model,
+                              "memory_budget_mb": memory_budget_mb, "rebuild": rebuild,
+                              "device": device}
+    if encoder:
+        params["encoders"] = encoder
+    try:
+        summary = index_flow(IndexParams(**params))
+    except (WarehouseError, ValueError) as e:
+        _fail(str(e))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return
+    rows = [(r["encoder"], r.get("model_run") or "", r["level"], r["action"], r.get("type", ""),
+             str(r.get("ntotal", ""))) for r in summary["indices"]]
+    print_rows(["encoder", "model run", "level", "action", "type", "vectors"], rows, Fmt.table,
+               title="indices")
+
+
+@app.command()
+def evaluate(
+    split: Annotated[str, typer.Option(help="Split of queries and candidates")] = "test",
+    model_run: Annotated[str | None, typer.Option(
+        help="VideoBERT fine-tune run (default: the live one)")] = None,
+    rerank: Annotated[bool, typer.Option(help="Also evaluate alignment-head re-ranking")]
+    = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Text<->video retrieval (R@1/5/10, MdR, MnR) for every encoder, exact and through the
+    index; stored in eval_results, with a Markdown + PNG report under HOME/reports."""
+    h = resolve_home(home)
+    start_flow_env(h)
+    from flows.evaluate import EvaluateParams, evaluate_flow
+    from warehouse.store import WarehouseError
+
+    try:
+        summary = evaluate_flow(EvaluateParams(home=str(h), split=split, model_run=model_run,
+                                               rerank=rerank, device=device))
+    except (WarehouseError, ValueError, LookupError) as e:
+        _fail(str(e))
+    rows = [tuple(_fmt(r[c]) for c in MetricCols) for r in summary["rows"]]
+    print_rows(MetricCols, rows, fmt, title=f"retrieval on {split} ({summary['eval_id']})")
+    if fmt is Fmt.table:
+        out.print(f"report: {summary['report']}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in words")],
+    k: Annotated[int, typer.Option("-k", help="Results", min=1)] = 10,
+    encoder: Annotated[str | None, typer.Option(
+        help="videobert, concepts or clip (default: the live model, else concepts)")] = None,
+    model_run: Annotated[str | None, typer.Option(help="A specific fine-tune run")] = None,
+    rerank: Annotated[bool, typer.Option(help="Re-score with the alignment head")] = False,
+    clip_model: Annotated[str | None, typer.Option(help="CLIP weights (for --encoder clip)")]
+    = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Search the indexed videos: path, clip start-end, score and the text said there.
+
+    JSON output (--format json) is an array of objects with rank, clip_id, video_id, path,
+    start_s, end_s, score, text (and align_logit with --rerank)."""
+    from tasks.index_load import IndexRefused
+    from tasks.search import SearchUnavailable, open_searcher
+    from tasks.search import search as run_search
+
+    h = resolve_home(home)
+    try:
+        t0 = time.perf_counter()
+        s = open_searcher(Path(h), encoder, model_run=model_run, clip_model=clip_model)
+        t1 = time.perf_counter()
+        hits = run_search(Path(h), s, query, k, rerank=rerank)
+        t2 = time.perf_counter()
+    except (SearchUnavailable, IndexRefused, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    cols = ["rank", "path", "start_s", "end_s", "score", "text"]
+    if rerank:
+        cols.insert(5, "align_logit")
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(hits) + "\n")
+        return
+    print_rows(cols, [tuple(r[c] for c in cols) for r in hits], fmt,
+               title=f"{s.encoder} / {s.model_run}: {query!r}")
+    if fmt is Fmt.table:
+        out.print(f"[dim]load {t1 - t0:.2f} s, query {t2 - t1:.3f} s[/dim]")

@@ -1,0 +1,8 @@
+-- Search: what to show for each hit clip: a path the video was seen under, the clip's times,
+-- and the text said there (segments overlapping the clip, in time order). Param: clip ids.
+WITH hits AS (SELECT unnest(?::VARCHAR[]) AS clip_id)
+SELECT c.clip_id, c.video_id, c.start_s, c.end_s,
+       (SELECT min(f.path) FROM video_files f WHERE f.video_id = c.video_id) AS path,
+       (SELECT string_agg(t.text, ' ' ORDER BY t.start_s, t.segment_id) FROM text_segments t
+         WHERE t.video_id = c.video_id AND t.start_s < c.end_s AND t.end_s > c.start_s) AS text
+FROM hits h JOIN clips c ON c.clip_id = h.clip_id
