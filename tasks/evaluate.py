@@ -150,11 +150,12 @@ def rerank_row(es: EvalSet, text: np.ndarray, clip: np.ndarray, model: Any, toke
     top = min(top, sim.shape[1])
     order = np.argsort(-sim, axis=1, kind="stable")[:, :top]  # (texts, top)
     model.eval()
-    rescored = sim.copy()
+    # float64 and no large offset: alignment logits differ by less than float32's step at 1e6
+    rescored = sim.astype(np.float64) - 1e4  # every re-scored candidate ranks above the rest
     for q, text_q in enumerate(texts):
         ids, types, mask = joint_inputs(tokenizer, text_q, [(int(clip_tokens[c]),)
                                                              for c in order[q]])
         logits = model.alignment_logits(ids.to(device), types.to(device), mask.to(device))
-        rescored[q, order[q]] = 1e6 + logits.float().cpu().numpy()  # above every other score
+        rescored[q, order[q]] = logits.double().cpu().numpy()
     return _row("clip", "t2v", "rerank", first_correct_ranks(rescored, es.text_to_clips),
                 len(es.clip_ids))

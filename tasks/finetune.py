@@ -242,7 +242,7 @@ def finetune(model: Any, tokenizer: Any, train: Pairs, val: Pairs, cfg: Finetune
         sched.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m = validate(model, tokenizer, val, cfg, device) | {"step": step,
-                                                                 "train_loss": float(loss)}
+                                                                 "train_loss": float(loss.detach())}
             history.append(m)
             if on_eval is not None:
                 on_eval(step, m)

@@ -32,8 +32,11 @@ def _features(w: Writer, query: str, params: list) -> tuple[list[str], list[str]
 
 
 def fit_codebook(w: Writer, encoder: str, version: str, levels: int, branching: int, seed: int,
-                 run_id: str, log: Any) -> dict[str, Any]:
+                 run_id: str, log: Any, min_points: int = 39) -> dict[str, Any]:
     """Fit a hierarchical k-means tree on every feature of (encoder, version) and record it.
+
+    ``min_points`` is the average number of clips each leaf needs: with fewer clips than
+    ``min_points * branching ** levels`` the tree is made smaller (``cluster.plan_shape``).
 
     The tree file is written (atomically) before its ``codebooks`` row is committed; the tree
     id is a content hash, so a refit of the same data after a crash rewrites the same file.
@@ -41,10 +44,10 @@ def fit_codebook(w: Writer, encoder: str, version: str, levels: int, branching: 
     _, _, x = _features(w, "features_of_encoder", [encoder, version])
     if len(x) == 0:
         raise ValueError(f"no {encoder} features to cluster: run feature extraction first")
-    # A tiny corpus (the sample videos) still gets a vocabulary: below 2 x 39 points the
+    # A tiny corpus (the sample videos) still gets a vocabulary: below 2 x min_points the
     # per-centroid floor drops so that at least a one-level tree of a few tokens is fitted.
-    mpc = 39 if len(x) >= 78 else max(1, len(x) // 4)
-    if mpc < 39:
+    mpc = min_points if len(x) >= 2 * min_points else max(1, len(x) // 4)
+    if mpc < min_points:
         log.warning("only %d clips with %s features: fitting a small codebook "
                     "(%d+ points per centroid); re-cluster once there is more data "
                     "(videobert tokenize --recluster)", len(x), encoder, mpc)
