@@ -8,7 +8,9 @@ on CUDA the forward pass runs under bf16 autocast.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,6 +68,32 @@ class ClipFrameEncoder:
     def encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(B, T, S, S, 3) uint8 -> (embeddings (B, D), None)."""
         return self.clip.encode_clips(frames), None
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a task needs to build a frame encoder: small and picklable, so feature tasks can
+    run in other processes (Dask workers) without shipping a model with every task.
+
+    Attributes:
+        kind: ``i3d`` or ``clip``.
+        source: i3d: the weights folder (``<home>/weights``); clip: a CLIP folder or hub id.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+    """
+
+    kind: Literal["i3d", "clip"]
+    source: str
+    device: str = "auto"
+
+
+@functools.lru_cache(maxsize=4)
+def load_encoder(spec: EncoderSpec) -> I3DEncoder | ClipFrameEncoder:
+    """The encoder for ``spec``, loaded once per process (tasks on one worker share it)."""
+    if spec.kind == "i3d":
+        return I3DEncoder(Path(spec.source), spec.device)
+    if spec.kind == "clip":
+        return ClipFrameEncoder(spec.source, spec.device)
+    raise ValueError(f"unknown frame encoder {spec.kind!r}: use 'i3d' or 'clip'")
 
 
 @functools.cache

@@ -129,7 +129,7 @@ def doctor(
     home: HomeOpt = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json")] = Fmt.table,
 ) -> None:
-    """Report ffmpeg/ffprobe (and where from), GPU, model weights, data home."""
+    """Report ffmpeg/ffprobe (and where from), GPU, model weights, speech to text, data home."""
     from videobert.doctor import collect
 
     report = collect(resolve_home(home))
@@ -198,11 +198,27 @@ def ingest(
         help="Commit finished batches every N seconds (0: every batch)")] = 1.0,
     publish_every: Annotated[float, typer.Option(
         help="Refresh the catalog readers see at most every N seconds")] = 2.0,
+    runner: Annotated[str, typer.Option(
+        "--runner", help="threads (default) or dask: a LocalCluster of --workers processes, "
+                         "or the scheduler at --dask-address")] = "threads",
+    dask_address: Annotated[str | None, typer.Option(
+        help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --runner dask)")]
+    = None,
+    asr: Annotated[str, typer.Option(
+        "--asr", help="Speech to text: auto (videos with audio and no subtitles/captions), "
+                      "always, never. Needs pip install -e \".[asr]\"")] = "auto",
+    asr_model: Annotated[str, typer.Option(
+        help="tiny.en (English, default), base (multilingual) or a CTranslate2 Whisper "
+             "folder")] = "tiny.en",
+    asr_device: Annotated[str, typer.Option(
+        help="auto (CUDA float16 when available, else CPU int8), cpu or cuda")] = "auto",
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
     home: HomeOpt = None,
 ) -> None:
-    """Ingest videos with their subtitles/captions into the warehouse (incremental)."""
+    """Ingest videos with their subtitles/captions into the warehouse (incremental); speech
+    to text for videos without subtitles (--asr)."""
     h = resolve_home(home)
+    _check_asr(asr)
     if source is None:
         from tasks.samples import build_sample_corpus
 
@@ -213,25 +229,51 @@ def ingest(
     start_flow_env(h)
     from flows.ingest import IngestParams, ingest_flow
 
+    runner = "dask" if dask_address else runner
+    flow_run = _with_runner(ingest_flow, runner, workers, dask_address)
     params: dict[str, Any] = {"source": str(source), "home": str(h), "clip_s": clip_s,
                               "batch_size": batch_size, "workers": workers, "wait_s": wait,
                               "validation": validate, "commit_every_s": commit_every,
-                              "publish_every_s": publish_every,
-                              "progress": sys.stderr.isatty()}
+                              "publish_every_s": publish_every, "task_runner": runner,
+                              "dask_address": dask_address, "asr": asr, "asr_model": asr_model,
+                              "asr_device": asr_device, "progress": sys.stderr.isatty()}
     if max_duration_s is not None:
         params["max_duration_s"] = max_duration_s
     if max_pixels is not None:
         params["max_pixels"] = max_pixels
+    from tasks.asr_models import AsrUnavailable
     from warehouse.store import WarehouseError
 
     try:
-        summary = ingest_flow(IngestParams(**params))
-    except (WarehouseError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        summary = flow_run(IngestParams(**params))
+    except (WarehouseError, ValueError, AsrUnavailable) as e:  # ValidationError: a ValueError
         _fail(str(e))
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
     _print_ingest_summary(summary)
+
+
+def _check_asr(mode: str) -> None:
+    """Fail fast (before Prefect starts) on a bad --asr, or --asr always without the extra."""
+    from tasks.asr_models import PIP_HINT, missing_modules
+
+    if mode not in ("auto", "always", "never"):
+        _fail(f"--asr must be auto, always or never, not {mode!r}")
+    missing = missing_modules()
+    if mode == "always" and missing:
+        _fail(f"--asr always needs the speech-recognition extra ({', '.join(missing)} not "
+              f"installed): {PIP_HINT}")
+
+
+def _with_runner(flow: Any, runner: str, workers: int | None, address: str | None) -> Any:
+    """``flow`` set to run its tasks on the chosen task runner (exits on a bad choice)."""
+    from flows.runners import with_task_runner
+
+    try:
+        return with_task_runner(flow, runner, workers=workers, address=address)
+    except (ValueError, RuntimeError) as e:  # bad kind/address; prefect-dask not installed
+        _fail(str(e))
 
 
 def start_flow_env(h: Path) -> None:
@@ -252,6 +294,10 @@ def _print_ingest_summary(s: dict[str, Any]) -> None:
                        ("clips", "clips"), ("text sources", "n_text_sources"),
                        ("text segments", "text_segments"), ("rejected", "n_rejected")):
         t.add_row(label, str(s.get(key, 0)))
+    a = s.get("asr") or {}
+    if a.get("model"):
+        t.add_row(f"speech to text ({a['model']}, {a['device']})",
+                  f"{a['transcribed']} new, {a['cached']} cached, {a['failed']} failed")
     for code, n in s.get("rejected", {}).items():
         t.add_row(f"  rejected: {code}", str(n))
     out.print(t)
@@ -268,12 +314,24 @@ def tokenize(
         help="CLIP weights: a local folder (save_pretrained) or a hub id")] = None,
     recluster: Annotated[bool, typer.Option(help="Fit a new codebook even if one exists")]
     = False,
+    min_points_per_token: Annotated[int, typer.Option(
+        help="Clips each visual token needs on average (smaller corpus: smaller codebook)",
+        min=1)] = 39,
     levels: Annotated[int, typer.Option(help="Codebook depth (VideoBERT: 4)")] = 4,
     branching: Annotated[int, typer.Option(help="Children per node (VideoBERT: 12)")] = 12,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass")] = 8,
     clips_per_task: Annotated[int, typer.Option(
         help="Clips per Prefect task and commit (a kill loses at most one task's work)")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    runner: Annotated[str, typer.Option(
+        "--runner", help="threads (default) or dask: a LocalCluster of --workers processes, "
+                         "or the scheduler at --dask-address")] = "threads",
+    dask_address: Annotated[str | None, typer.Option(
+        help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --runner dask)")]
+    = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Feature tasks at once (threads: 1) and Dask LocalCluster workers (CPUs)",
+        min=1)] = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
     home: HomeOpt = None,
 ) -> None:
@@ -283,15 +341,19 @@ def tokenize(
     from flows.visual_tokens import TokenizeParams, tokenize_flow
     from warehouse.store import WarehouseError
 
+    runner = "dask" if dask_address else runner
+    flow_run = _with_runner(tokenize_flow, runner, workers, dask_address)
     params: dict[str, Any] = {"home": str(h), "clip_model": clip_model, "recluster": recluster,
+                              "min_points_per_token": min_points_per_token,
                               "levels": levels, "branching": branching,
                               "batch_size": batch_size, "device": device,
-                              "clips_per_task": clips_per_task,
+                              "clips_per_task": clips_per_task, "task_runner": runner,
+                              "dask_address": dask_address, "workers": workers,
                               "progress": sys.stderr.isatty()}
     if encoder:
         params["encoders"] = encoder
     try:
-        summary = tokenize_flow(TokenizeParams(**params))
+        summary = flow_run(TokenizeParams(**params))
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:
@@ -304,6 +366,58 @@ def tokenize(
     if summary.get("clip_skipped"):
         rows.append(("clip", f"skipped: {summary['clip_skipped']}"))
     print_rows(["what", "value"], rows, Fmt.table, title="tokenize summary")
+
+
+@app.command()
+def pretrain(
+    preset: Annotated[str, typer.Option(help="tiny (tests), mini (MiniLM init), base, large")]
+    = "tiny",
+    steps: Annotated[int, typer.Option(help="Optimiser steps", min=1)] = 1000,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the newest unfinished run of this preset from its last checkpoint")]
+    = False,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch (per GPU)", min=1)] = 32,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default per preset)")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of init, dropout, data order, masking")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model")]
+    = False,
+    codebook: Annotated[str | None, typer.Option(help="Codebook id (default: the newest)")]
+    = None,
+    continue_from: Annotated[str | None, typer.Option(
+        help="Start from this model run's weights")] = None,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps", min=1)] = 100,
+    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps", min=1)] = 100,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Pretrain VideoBERT on the warehouse's text and visual tokens (GPU when present;
+    torchrun on several GPUs); checkpoints, metrics and a loss curve under HOME/models."""
+    h = resolve_home(home)
+    start_flow_env(h)
+    from flows.pretrain import PretrainParams, pretrain_flow
+    from warehouse.store import WarehouseError
+
+    try:
+        params = PretrainParams(
+            home=str(h), preset=preset, steps=steps, resume=resume, batch_size=batch_size,
+            lr=lr, seed=seed, device=device, compile=compile_, codebook=codebook,
+            continue_from=continue_from, eval_every=eval_every, ckpt_every=ckpt_every,
+            threads=threads, progress=sys.stderr.isatty())
+        summary = pretrain_flow(params)
+    except (WarehouseError, ValueError) as e:
+        _fail(str(e))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return
+    rows = [(split, k, f"{v:.4g}") for split, vals in sorted(summary["metrics"].items())
+            for k, v in sorted(vals.items())]
+    out.print(f"[bold]{summary['model_run']}[/]: step {summary['steps']} on "
+              f"{summary['device']}")
+    print_rows(["split", "metric", "value"], rows, Fmt.table)
+    out.print(f"checkpoint: {summary['checkpoint']}\nloss curve: {summary['loss_png']}")
 
 
 @codebook_app.command("show")
@@ -386,6 +500,9 @@ def main() -> None:
     """Console-script entry point."""
     app()
 
+
+# Registers finetune/index/evaluate/search on ``app``; at the bottom, as it imports from here.
+from videobert import cli_retrieval  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
