@@ -137,3 +137,39 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *,
         row["chance_top5"] = 100.0 * min(5, len(words)) / max(len(words), 1)
         result[name] = row
     return result
+
+
+def probe_run(home: Any, model_run: str | None = None, split: str = "test",
+              device: str = "cpu") -> dict[str, Any]:
+    """Run the probe on a pretraining run's checkpoint and log it to ``training_metrics``.
+
+    Args:
+        home: data home.
+        model_run: a pretraining run (default: the newest finished one).
+        split: held-out split whose captions are probed.
+        device: where the model runs.
+
+    Returns:
+        :func:`run_probe`'s result plus ``model_run``; ``n_items`` 0 (and nothing logged) when
+        no caption of the split names an object and a motion.
+    """
+    from pathlib import Path
+
+    from models.videobert import VideoBert, text_tokenizer
+    from tasks import model_runs
+    from tasks.train_metrics import WarehouseSink, metric_rows
+
+    wh = Warehouse(Path(home))
+    run = (model_runs.one(wh, "model_run_ckpt", [model_run]) if model_run
+           else model_runs.latest_done(wh, "pretrain"))
+    if run is None or not run[2]:
+        raise ValueError(f"no finished pretraining run {model_run or ''} in {home}")
+    items = load_items(wh, run[1], split)
+    if not items:
+        return {"model_run": run[0], "n_items": 0}
+    model = VideoBert.from_pretrained(Path(home) / run[2], device=device)
+    res = run_probe(model, text_tokenizer(), items, device=device) | {"model_run": run[0]}
+    step = int(model_runs.one(wh, "model_run_steps", [run[0]])[0] or 0)
+    values = {f"probe_{p}_{k}": v for p in ("noun", "verb") for k, v in res[p].items()}
+    WarehouseSink(Path(home), run[0]).write(metric_rows(run[0], step, split, values))
+    return res

@@ -505,4 +505,7 @@ def main() -> None:
 from videobert import cli_retrieval  # noqa: E402,F401
 
 if __name__ == "__main__":
-    main()
+    # ``python -m videobert.cli``: run the package module's app, where every command registered
+    from videobert.cli import main as _main
+
+    _main()

@@ -170,3 +170,35 @@ def search(
                title=f"{s.encoder} / {s.model_run}: {query!r}")
     if fmt is Fmt.table:
         out.print(f"[dim]load {t1 - t0:.2f} s, query {t2 - t1:.3f} s[/dim]")
+
+
+@app.command()
+def probe(
+    model_run: Annotated[str | None, typer.Option(
+        help="Pretraining run (default: the newest finished one)")] = None,
+    split: Annotated[str, typer.Option(help="Held-out split to probe")] = "test",
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")] = Fmt.table,
+    home: HomeOpt = None,
+) -> None:
+    """Zero-shot probe: fill masked nouns and verbs of held-out captions from the visual tokens
+    (top-1/top-5 among the corpus's words), against the same model with the video hidden."""
+    from tasks.probe import probe_run
+
+    try:
+        res = probe_run(resolve_home(home), model_run, split, device)
+    except ValueError as e:
+        _fail(str(e))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    if not res["n_items"]:
+        out.print(f"no caption of the {split} split names an object and a motion "
+                  "(the probe needs the synthetic corpus's labels)")
+        return
+    rows = [(p, f"{len(res[p + 's'])}", *(f"{res[p][k]:.1f}" for k in (
+        "video_top1", "video_top5", "text_top1", "text_top5", "chance_top1", "chance_top5")))
+        for p in ("noun", "verb")]
+    print_rows(["probe", "words", "video top-1", "video top-5", "text-only top-1",
+                "text-only top-5", "chance top-1", "chance top-5"], rows, fmt,
+               title=f"zero-shot probe of {res['model_run']} on {res['n_items']} {split} clips")

@@ -1,0 +1,216 @@
+"""Retrieval end to end on a small synthetic corpus: pretrain -> finetune -> index -> evaluate
+-> search, with the concepts baseline, a tiny local CLIP and VideoBERT (real flows, real
+DuckDB/Parquet, real FAISS, real weights for I3D and MiniLM)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_cli import vb
+from warehouse.store import Warehouse
+
+SYN_VIDEOS = 20  # one block of the generator: 16 train, 2 val, 2 test videos (2 clips each)
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_harness, tmp_path_factory) -> dict:
+    """Synthetic corpus through every stage once; returns the home and each flow's summary."""
+    from flows.evaluate import EvaluateParams, evaluate_flow
+    from flows.finetune import FinetuneParams, finetune_flow
+    from flows.index import IndexParams, index_flow
+    from flows.ingest import IngestParams, ingest_flow
+    from flows.pretrain import PretrainParams, pretrain_flow
+    from flows.visual_tokens import TokenizeParams, tokenize_flow
+    from tasks.synthetic import generate_synthetic
+    from tests.tiny_clip import make_tiny_clip
+
+    root = tmp_path_factory.mktemp("retrieval")
+    home = root / "home"
+    corpus = generate_synthetic(root / "syn", SYN_VIDEOS, seed=0, workers=2)
+    ingest_flow(IngestParams(source=str(corpus.root), home=str(home)))
+    clip = make_tiny_clip(root / "tiny-clip")
+    tokenize_flow(TokenizeParams(home=str(home), encoders=["i3d", "concepts", "clip"],
+                                 clip_model=str(clip), levels=2, branching=4,
+                                 min_points_per_token=2))
+    pre = pretrain_flow(PretrainParams(home=str(home), steps=20, batch_size=16, eval_every=10,
+                                       ckpt_every=10, seed=0))
+    fine = finetune_flow(FinetuneParams(home=str(home), steps=20, batch_size=16,
+                                        eval_every=10, device="cpu"))
+    first = index_flow(IndexParams(home=str(home), clip_model=str(clip), device="cpu"))
+    second = index_flow(IndexParams(home=str(home), clip_model=str(clip), device="cpu"))
+    ev = evaluate_flow(EvaluateParams(home=str(home), device="cpu"))
+    return {"home": home, "clip": clip, "pretrain": pre, "finetune": fine, "index": first,
+            "index_again": second, "evaluate": ev}
+
+
+def _con(home: Path):
+    return Warehouse(home).connect()
+
+
+def test_finetune_is_registered_with_its_parent_and_curve(trained):
+    home, fine = trained["home"], trained["finetune"]
+    con = _con(home)
+    row = con.execute("SELECT kind, parent_run, status, checkpoint_path, codebook_id "
+                      "FROM model_runs WHERE model_run = ?", [fine["model_run"]]).fetchone()
+    assert row[0] == "finetune" and row[1] == trained["pretrain"]["model_run"]
+    assert row[2] == "done" and (home / row[3] / "model.safetensors").is_file()
+    steps = con.execute("SELECT DISTINCT step FROM training_metrics WHERE model_run = ? AND "
+                        "metric = 'r5' ORDER BY step", [fine["model_run"]]).fetchall()
+    assert [s[0] for s in steps] == [10, 20]
+
+
+def test_embeddings_cover_every_item_unit_length_and_sql_works(trained):
+    home = trained["home"]
+    con = _con(home)
+    n_clips = con.execute("SELECT count(*) FROM clips").fetchone()[0]
+    n_text = con.execute("SELECT count(*) FROM text_segments").fetchone()[0]
+    n_videos = con.execute("SELECT count(*) FROM videos").fetchone()[0]
+    counts = {(e, k): n for e, k, n in con.execute(
+        "SELECT encoder, kind, count(*) FROM embeddings GROUP BY 1, 2").fetchall()}
+    for enc in ("concepts", "clip", "videobert"):
+        assert counts[(enc, "clip")] == n_clips
+        assert counts[(enc, "text")] == n_text
+        assert counts[(enc, "video")] == n_videos
+    norms = con.execute("SELECT min(list_inner_product(vector, vector)), "
+                        "max(list_inner_product(vector, vector)) FROM embeddings").fetchone()
+    assert norms[0] == pytest.approx(1.0, abs=1e-4) and norms[1] == pytest.approx(1.0, abs=1e-4)
+    # the README's query: nearest clips to a clip, joined with videos and text
+    d = con.execute("SELECT dim FROM embeddings WHERE encoder = 'videobert' LIMIT 1").fetchone()[0]
+    near = con.execute(f"""
+        WITH q AS (SELECT vector::FLOAT[{d}] AS v FROM embeddings
+                   WHERE encoder = 'videobert' AND kind = 'clip' ORDER BY item_id LIMIT 1)
+        SELECT e.item_id, array_cosine_similarity(e.vector::FLOAT[{d}], q.v) AS sim
+        FROM embeddings e, q WHERE e.encoder = 'videobert' AND e.kind = 'clip'
+        ORDER BY sim DESC LIMIT 3""").fetchall()
+    assert near[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_indices_published_recorded_and_incremental(trained):
+    first, second = trained["index"], trained["index_again"]
+    built = {(r["encoder"], r["level"]) for r in first["indices"] if r["action"] == "built"}
+    assert built == {(e, lv) for e in ("concepts", "clip", "videobert")
+                     for lv in ("clip", "video")}
+    assert all(r["action"] == "unchanged" for r in second["indices"])
+    assert all(sum(e["added"].values()) == 0 for e in second["embeddings"])
+    con = _con(trained["home"])
+    assert con.execute("SELECT count(*) FROM indices").fetchone()[0] == 6
+
+
+def test_evaluate_table_has_every_encoder_and_mode(trained):
+    ev, home = trained["evaluate"], trained["home"]
+    got = {(r["encoder"], r["level"], r["direction"], r["mode"]) for r in ev["rows"]}
+    for enc in ("concepts", "clip", "videobert"):
+        for level in ("clip", "video"):
+            assert {(enc, level, "t2v", "exact"), (enc, level, "v2t", "exact"),
+                    (enc, level, "t2v", "index")} <= got
+    assert ("videobert+rerank", "clip", "t2v", "rerank") in got
+    for r in ev["rows"]:
+        assert 0 <= r["r1"] <= r["r5"] <= r["r10"] <= 100
+        assert 1 <= r["mdr"] <= r["n_candidates"] + 1
+    stored = _con(home).execute("SELECT count(*) FROM eval_results WHERE eval_id = ?",
+                                [ev["eval_id"]]).fetchone()[0]
+    assert stored == len(ev["rows"])
+    report = Path(ev["report"])
+    assert report.is_file() and (report.parent / "recall_at_k.png").stat().st_size > 1000
+    assert "| videobert |" in report.read_text()
+
+
+def test_exact_index_matches_exact_for_flat(trained):
+    """A Flat index is exact: only tie order may differ, and exact counts ties against us."""
+    rows = {(r["encoder"], r["level"], r["mode"]): r for r in trained["evaluate"]["rows"]
+            if r["direction"] == "t2v"}
+    for enc in ("concepts", "clip", "videobert"):
+        for level in ("clip", "video"):
+            ex, ix = rows[(enc, level, "exact")], rows[(enc, level, "index")]
+            assert ix["r10"] >= ex["r10"] and ix["mdr"] <= ex["mdr"]
+
+
+def _search(home: Path, query: str, *args: str) -> list[dict]:
+    p = vb(home, "search", query, "-f", "json", *args)
+    return json.loads(p.stdout)
+
+
+def test_search_ranks_equal_the_brute_force_ranking(trained):
+    """For test-split captions, search returns clips in exactly the order of the stored
+    embeddings' cosine similarity (DuckDB brute force), each with its path, times and text."""
+    home = trained["home"]
+    con = _con(home)
+    run = trained["finetune"]["model_run"]
+    captions = con.execute("SELECT t.segment_id, t.text FROM text_segments t JOIN splits s USING "
+                       "(video_id) WHERE s.split = 'test' ORDER BY 1").fetchall()
+    assert captions
+    seg_id, text = captions[0]
+    hits = _search(home, text, "-k", "5")
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    d = con.execute("SELECT dim FROM embeddings WHERE encoder = 'videobert' LIMIT 1").fetchone()[0]
+    brute = con.execute(f"""
+        WITH q AS (SELECT vector::FLOAT[{d}] AS v FROM embeddings WHERE encoder = 'videobert'
+                   AND model_run = ? AND kind = 'text' AND item_id = ?)
+        SELECT e.item_id, array_cosine_similarity(e.vector::FLOAT[{d}], q.v) AS s
+        FROM embeddings e, q WHERE e.encoder = 'videobert' AND e.model_run = ?
+        AND e.kind = 'clip' ORDER BY s DESC, e.item_id LIMIT 5""", [run, seg_id, run]).fetchall()
+    assert [round(h["score"], 4) for h in hits] == [round(b[1], 4) for b in brute]
+    assert {h["clip_id"] for h in hits if h["score"] > brute[-1][1] + 1e-5} <= {
+        b[0] for b in brute}
+    for h in hits:
+        assert h["path"].endswith(".mp4") and h["end_s"] - h["start_s"] == pytest.approx(1.5)
+        assert h["text"]
+    reranked = _search(home, text, "-k", "3", "--rerank")
+    assert all("align_logit" in h for h in reranked)
+    logits = [h["align_logit"] for h in reranked]
+    assert logits == sorted(logits, reverse=True)
+
+
+def test_search_with_the_concepts_baseline(trained):
+    hits = _search(trained["home"], "a cat", "--encoder", "concepts", "-k", "3")
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+
+
+def test_corrupt_or_mismatched_index_is_refused(trained, tmp_path):
+    import shutil
+
+    from tasks.index_load import current_index
+
+    home = tmp_path / "home"
+    shutil.copytree(trained["home"], home, ignore=shutil.ignore_patterns("prefect"))
+    run = trained["finetune"]["model_run"]
+    folder = current_index(home / "indices", "videobert", run, "clip")
+    data = bytearray((folder / "index.faiss").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "index.faiss").write_bytes(bytes(data))
+    p = vb(home, "search", "a cat", check=False)
+    assert p.returncode == 1
+    assert "index.faiss" in (p.stderr + p.stdout) and "sha256" in (p.stderr + p.stdout)
+    # a manifest naming another model run is a mismatch, not a silent wrong answer
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "index.faiss").write_bytes(bytes(data))
+    manifest["model_run"] = "another-run"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    p = vb(home, "search", "a cat", check=False)
+    assert p.returncode == 1 and "another-run" in (p.stderr + p.stdout)
+
+
+def test_probe_reports_noun_and_verb_accuracy(trained):
+    from models.videobert import VideoBert, text_tokenizer
+    from tasks.probe import load_items, run_probe, topk_accuracy
+
+    home = trained["home"]
+    con = _con(home)
+    cb = con.execute("SELECT codebook_id FROM codebooks").fetchone()[0]
+    items = load_items(Warehouse(home), cb, "test")
+    assert len(items) == 4  # 2 test videos x 2 clips
+    run = con.execute("SELECT checkpoint_path FROM model_runs WHERE model_run = ?",
+                      [trained["pretrain"]["model_run"]]).fetchone()[0]
+    model = VideoBert.from_pretrained(home / run)
+    res = run_probe(model, text_tokenizer(), items)
+    for probe in ("noun", "verb"):
+        for k in ("video_top1", "video_top5", "text_top1", "text_top5"):
+            assert 0 <= res[probe][k] <= 100
+    assert res["noun"]["chance_top1"] == pytest.approx(100 / len(res["nouns"]))
+    # ties count against the model: a constant scorer is never credited with a hit
+    assert topk_accuracy(np.zeros((3, 4)), [0, 1, 2], 3) == 0.0
+    assert topk_accuracy(np.eye(3), [0, 1, 2], 1) == 100.0
