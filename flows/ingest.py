@@ -3,7 +3,9 @@
 Run it with ``videobert ingest PATH`` or ``python -m flows.ingest PATH``. Files are processed in
 batches (one Prefect task per batch, never one per file); each batch is committed atomically,
 so a run killed at any point and started again ends with exactly the rows of an uninterrupted
-run. Bad files become ``ingest_errors`` rows and never stop the run.
+run. Bad files become ``ingest_errors`` rows and never stop the run. Videos without subtitles
+are transcribed inside their batch (``asr``: :mod:`tasks.asr`); videos ingested earlier that
+still need a transcript from this run's model get batches of their own ("transcribe-known").
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
+from flows.runners import submit_task, task_runner_for
+from tasks import asr, media
 from tasks import ingest as ing
-from tasks import media
 from tasks.errors import IngestError
+from tasks.ingest_asr import asr_backlog, transcribe_batch
 from tasks.ingest_batch import (
     IngestConfig,
     Rows,
@@ -60,6 +63,11 @@ class IngestParams(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="Files per task (default: about "
                                    "four tasks per worker, 4 to 64 files each)")
     workers: int | None = Field(None, ge=1, description="Concurrent batches (default: CPU count)")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="Where batches run: threads of this process, or Dask (a "
+        "LocalCluster of `workers` processes, or the scheduler at dask_address)")
+    dask_address: str | None = Field(None, description="A running Dask scheduler, e.g. "
+                                     "tcp://10.0.0.5:8786 (task_runner dask)")
     max_pixels: int = Field(media.Limits().max_pixels, description="Reject frames larger than this")
     max_duration_s: float = Field(media.Limits().max_duration_s, description="Reject longer videos")
     max_file_bytes: int = Field(media.Limits().max_file_bytes, description="Reject larger files")
@@ -72,6 +80,13 @@ class IngestParams(BaseModel):
     commit_every_s: float = Field(1.0, ge=0, description="Commit finished batches this often "
                                   "(0: after every batch); a kill loses at most this much work")
     progress: bool = Field(False, description="Show progress bars on the terminal")
+    asr: Literal["auto", "always", "never"] = Field(
+        "auto", description="Speech to text: auto (videos with audio and no subtitle or caption "
+        "text), always (every video with audio), never. Needs the asr extra")
+    asr_model: str = Field("tiny.en", description="Whisper model: tiny.en (English, default), "
+                           "base (multilingual), or a local CTranslate2 Whisper folder")
+    asr_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where ASR runs: auto (CUDA float16 when available, else CPU int8)")
 
 
 @task(name="scan-inputs", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -96,6 +111,12 @@ def process_task(cfg: IngestConfig, st: ing.KnownState, items: list, index: Text
     return process_batch(cfg, st, items, index)
 
 
+@task(name="transcribe-known", cache_policy=NO_CACHE)
+def asr_task(cfg: IngestConfig, st: ing.KnownState, items: list) -> Rows:
+    """Speech to text for a batch of videos already in the warehouse."""
+    return transcribe_batch(cfg, st, items)
+
+
 def _commit(w: Writer, st: ing.KnownState, rows: Rows, message: str) -> Counter:
     """Stage and commit one batch's rows atomically; returns rows added per table."""
     errs = []
@@ -109,6 +130,7 @@ def _commit(w: Writer, st: ing.KnownState, rows: Rows, message: str) -> Counter:
              if (r["path"], r["root"]) in st.errors]
     stale_errors = [p for p, _ in fixed] + [r["path"] for r in errs
                                             if (r["path"], r["root"] or "") in st.errors]
+    stale_errors += [p for p, root in rows.cleared_errors if (p, root) in st.errors]
     parts: list[StagedPart] = []
     remove: dict[str, list[str]] = {}
     for table, column, values in (("ingest_errors", "path", stale_errors),
@@ -117,7 +139,7 @@ def _commit(w: Writer, st: ing.KnownState, rows: Rows, message: str) -> Counter:
         staged, old = rewrite_without(w, table, column, sorted(set(values)))
         parts += staged
         remove.update(old)
-    counts: Counter = Counter()
+    counts: Counter = Counter(rows.stats)
     for table, table_rows in rows.tables.items():
         if table_rows:
             parts.append(w.stage(table, table_rows))
@@ -177,11 +199,20 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
     limits = media.Limits(max_pixels=params.max_pixels, max_duration_s=params.max_duration_s,
                           max_file_bytes=params.max_file_bytes, validate_mode=params.validation)
     workers = params.workers or os.cpu_count() or 2
-    with wh.writer(wait_s=params.wait_s, purpose=f"ingest {source}") as w:
+    with (wh.writer(wait_s=params.wait_s, purpose=f"ingest {source}") as w,
+          task_runner_for(params.task_runner, workers=params.workers,
+                          address=params.dask_address) as runner):
         w.publish_interval_s = params.publish_every_s
+        # Dask LocalCluster: `workers` processes, each with its own model, share the cores.
+        threads = (max(1, (os.cpu_count() or 1) // workers)
+                   if params.task_runner == "dask" and not params.dask_address else 0)
+        asr_cfg, notice = asr.setup(params.asr, params.asr_model, home, params.asr_device,
+                                    threads)
+        if notice:
+            log.warning(notice)
         scan = scan_task(source, home)
         cfg = IngestConfig(root=str(scan.root), run_id=run_id, now=started, clip_s=params.clip_s,
-                           min_clip_s=params.min_clip_s, limits=limits)
+                           min_clip_s=params.min_clip_s, limits=limits, asr=asr_cfg)
         st = ing.load_state(wh)
         index, named, text_errors = build_text_index(cfg, scan.root, scan.videos, scan.subtitles,
                                                      scan.manifests, scan.manifest_only)
@@ -196,7 +227,7 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
         hashed: list = []
         size = params.batch_size or min(64, max(4, -(-len(todo) // (4 * workers))))
         with bar.task("hashing", total=len(todo)) as tick:
-            for _, res in _bounded(lambda b: hash_task.submit(quote(b)),
+            for _, res in _bounded(lambda b: submit_task(runner, hash_task, {"cands": b}),
                                    ing.batches(todo, max(size * 4, 32)), workers):
                 hashed += res
                 tick(len(res))
@@ -206,24 +237,58 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
         first.tables["ingest_errors"] = (
             [error_row(cfg, path, e, abs_path=abs_path) for path, abs_path, e in scan.errors]
             + first.tables.get("ingest_errors", []) + text_errors.tables.get("ingest_errors", []))
-        # Commit completed batches together every `commit_every_s` (a kill loses at most that
-        # much finished work; each commit costs a Parquet part per table).
-        totals: Counter = Counter()
-        pending, last = first, time.monotonic()
+        known = [(c, st.files[c.abs_path][2]) for c in unchanged if c.abs_path in st.files]
+        backlog = asr_backlog(cfg, st, known + plan.duplicates, first)
+        commit = _Committer(w, st, f"ingest {run_id}: batches", params.commit_every_s, first)
         with bar.task("probing", total=len(plan.new)) as tick:
-            # quote(): Prefect would otherwise walk these large inputs on every submission
-            for batch, rows in _bounded(lambda b: process_task.submit(quote(cfg), quote(st),
-                                                                      quote(b), quote(index)),
+            # submit_task quote()s on threads: Prefect would otherwise walk these large inputs
+            for batch, rows in _bounded(lambda b: submit_task(runner, process_task, {
+                    "cfg": cfg, "st": st, "items": b, "index": index}),
                                         ing.batches(plan.new, size), workers):
-                pending.extend(rows)
+                commit.add(rows)
                 tick(len(batch))
-                if time.monotonic() - last >= params.commit_every_s:
-                    totals += _commit(w, st, pending, f"ingest {run_id}: batches")
-                    pending, last = Rows(), time.monotonic()
-        totals += _commit(w, st, pending, f"ingest {run_id}: batches")
-        summary = _summary(run_id, source, scan, plan, unchanged, totals, w, started)
+        with bar.task("transcribing", total=len(backlog)) as tick:
+            for batch, rows in _bounded(lambda b: submit_task(runner, asr_task, {
+                    "cfg": cfg, "st": st, "items": b}),
+                                        ing.batches(backlog, size), workers):
+                commit.add(rows)
+                tick(len(batch))
+        summary = _summary(run_id, source, scan, plan, unchanged, commit.flush(), w, started)
+        summary["asr"] = _asr_summary(params, asr_cfg, notice, commit.totals)
     log.info("ingest %s: %s", source, summary)
     return summary
+
+
+class _Committer:
+    """Commits finished batches together every ``every_s`` seconds (a kill loses at most that
+    much finished work; each commit costs a Parquet part per table)."""
+
+    def __init__(self, w: Writer, st: ing.KnownState, message: str, every_s: float,
+                 first: Rows) -> None:
+        self.w, self.st, self.message, self.every_s = w, st, message, every_s
+        self.pending, self.last, self.totals = first, time.monotonic(), Counter()
+
+    def add(self, rows: Rows) -> None:
+        """Queue one batch's rows; commit the queue when it is due."""
+        self.pending.extend(rows)
+        if time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> Counter:
+        """Commit what is queued; returns the rows (and counters) committed so far."""
+        self.totals += _commit(self.w, self.st, self.pending, self.message)
+        self.pending, self.last = Rows(), time.monotonic()
+        return self.totals
+
+
+def _asr_summary(params: IngestParams, cfg: asr.AsrConfig | None, notice: str | None,
+                 totals: Counter) -> dict[str, Any]:
+    """What speech recognition did in this run (for the summary)."""
+    return {"mode": params.asr if cfg else "off", "model": cfg.model.model_id if cfg else None,
+            "device": f"{cfg.device}/{cfg.compute_type}" if cfg else None, "notice": notice,
+            "transcribed": totals.get("asr_transcribed", 0),
+            "cached": totals.get("asr_cached", 0), "failed": totals.get("asr_failed", 0),
+            "audio_s": round(totals.get("asr_audio_ms", 0) / 1000, 3)}
 
 
 def _summary(run_id: str, source: Path, scan: ScanResult, plan: ing.WorkPlan, unchanged: list,

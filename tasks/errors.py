@@ -24,6 +24,9 @@ CODES: dict[str, str] = {
     "manifest_row_invalid": "one malformed caption-manifest row (the path names the line)",
     "orphan_subtitle": "a subtitle sidecar with no video of the same stem",
     "asr_failed": "speech recognition failed on the audio track",
+    "audio_unreadable": "the audio track holds no decodable audio (stage asr; video kept)",
+    "unsupported_audio_codec": "the installed ffmpeg has no decoder for the audio codec "
+                               "(stage asr; video kept)",
 }
 
 
@@ -34,7 +37,7 @@ class IngestError(Exception):
         code: one of :data:`CODES`.
         message: a human-readable explanation naming the bad value.
         stage: the pipeline stage that failed (``scan``, ``hash``, ``probe``, ``validate``,
-            ``text``, ``manifest``, ...).
+            ``text``, ``manifest``, ``asr``, ...).
     """
 
     def __init__(self, code: str, message: str, stage: str = "probe") -> None:

@@ -33,6 +33,9 @@ class KnownState:
     videos: dict[str, float] = field(default_factory=dict)
     text_sources: set[str] = field(default_factory=set)
     text_by_path: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    audio: dict[str, str | None] = field(default_factory=dict)  # video -> audio codec
+    text_cues: dict[str, int] = field(default_factory=dict)  # video -> non-ASR cues
+    asr_failed: set[str] = field(default_factory=set)  # videos with an ASR error row
 
 
 def load_state(wh: Warehouse) -> KnownState:
@@ -48,10 +51,16 @@ def load_state(wh: Warehouse) -> KnownState:
             st.error_by_abs[abs_path] = (size, mtime)
         if sha and stage in ("probe", "validate", "scan"):
             st.error_shas.setdefault(sha, (code, msg, stage))
+        if sha and stage == "asr":
+            st.asr_failed.add(sha)
     st.videos = dict(con.execute(queries.load("known_videos")).fetchall())
     for tsid, vid, abs_path in con.execute(queries.load("known_text_sources")).fetchall():
         st.text_sources.add(tsid)
         st.text_by_path.setdefault((vid, abs_path or ""), []).append(tsid)
+    for vid, has_audio, codec, cues in con.execute(queries.load("known_audio")).fetchall():
+        if has_audio:
+            st.audio[vid] = codec
+        st.text_cues[vid] = int(cues or 0)
     con.close()
     return st
 

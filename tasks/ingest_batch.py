@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import media, text
+from tasks import asr, media, text
+from tasks.asr_models import AsrUnavailable
 from tasks.errors import IngestError
 from tasks.ingest import KnownState, NewContent
 from tasks.manifests import ManifestRow, read_caption_manifest
@@ -33,6 +34,7 @@ class IngestConfig:
     clip_s: float = 1.5
     min_clip_s: float | None = None
     limits: media.Limits = field(default_factory=media.Limits)
+    asr: asr.AsrConfig | None = None  # None: speech recognition off for this run
 
 
 @dataclass
@@ -54,10 +56,13 @@ class TextIndex:
 
 @dataclass
 class Rows:
-    """Rows produced for the warehouse, per table."""
+    """Rows produced for the warehouse, per table, plus run counters (``stats``) and the
+    (path, root) keys of earlier error rows that these rows make stale."""
 
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     replaced_sources: list[str] = field(default_factory=list)
+    cleared_errors: list[tuple[str, str]] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
 
     def add(self, table: str, row: dict[str, Any]) -> None:
         """Append one row for ``table``."""
@@ -68,6 +73,8 @@ class Rows:
         for t, rows in other.tables.items():
             self.tables[t].extend(rows)
         self.replaced_sources += other.replaced_sources
+        self.cleared_errors += other.cleared_errors
+        self.stats.update(other.stats)
 
 
 def error_row(cfg: IngestConfig, path: str, err: IngestError, *, abs_path: str | None = None,
@@ -148,12 +155,13 @@ def source_id(video_id: str, source: str, where: str, content_sha: str) -> str:
 def _text_rows(out: Rows, cfg: IngestConfig, video_id: str, parsed: text.ParsedText, *,
                source: str, tsid: str, path: str | None, abs_path: str | None,
                stream: int | None, sha: str, size: int | None, mtime: int | None,
-               language: str | None, metas: list[dict] | None = None) -> None:
+               language: str | None, metas: list[dict] | None = None,
+               model: str | None = None, confidences: list[float] | None = None) -> None:
     problems = {k: v for k, v in parsed.problems.items() if v}
     out.add("text_sources", {
         "text_source_id": tsid, "video_id": video_id, "source": source, "path": path,
         "abs_path": abs_path, "stream_index": stream, "sha256": sha, "size_bytes": size,
-        "mtime_ns": mtime, "format": parsed.format, "encoding": parsed.encoding,
+        "mtime_ns": mtime, "format": parsed.format, "encoding": parsed.encoding or None,
         "language": language, "n_cues": len(parsed.cues), "n_problems": sum(problems.values()),
         "problems_json": json.dumps(problems, sort_keys=True), "ingested_at": cfg.now,
         "run_id": cfg.run_id})
@@ -163,6 +171,7 @@ def _text_rows(out: Rows, cfg: IngestConfig, video_id: str, parsed: text.ParsedT
             "segment_id": f"{tsid}_{i:05d}", "video_id": video_id, "text_source_id": tsid,
             "start_s": cue.start_s, "end_s": cue.end_s, "text": cue.text, "source": source,
             "language": language, "cue_index": cue.index,
+            "confidence": confidences[cue.index] if confidences else None, "model": model,
             "meta_json": json.dumps(meta, sort_keys=True) if meta else None})
 
 
@@ -278,6 +287,11 @@ def process_new(cfg: IngestConfig, st: KnownState, nc: NewContent, index: TextIn
     attach_sidecars(out, cfg, st, nc.sha, dur, nc.names, index)
     attach_embedded(out, cfg, nc.sha, dur, nc, pr)
     attach_manifest_rows(out, cfg, st, nc.sha, dur, nc.names, index)
+    if cfg.asr is not None:
+        from tasks.ingest_asr import attach_asr, has_text  # it builds on this module
+
+        if asr.wants_asr(cfg.asr.mode, pr.has_audio, has_text(out, nc.sha)):
+            attach_asr(out, cfg, st, nc.sha, dur, nc.rep, pr.audio_codec)
     split = manifest_split(nc.names, index)
     out.add("splits", {"video_id": nc.sha, "split": split or hash_split(nc.sha),
                        "assigned_by": "manifest" if split else "hash"})
@@ -291,6 +305,8 @@ def process_batch(cfg: IngestConfig, st: KnownState, items: list[NewContent],
     for nc in items:
         try:
             out.extend(process_new(cfg, st, nc, index))
+        except AsrUnavailable:
+            raise  # the installation, not the file: stop the batch (Prefect records it)
         except Exception as e:  # noqa: BLE001 - an unexpected bug must still leave one row
             for n in nc.names:
                 out.add("ingest_errors", file_error(cfg, n, IngestError(

@@ -310,3 +310,61 @@ def copy_as(src: Path, dst: Path) -> Path:
     """Copy ``src`` to ``dst`` (for the same content under other names)."""
     shutil.copyfile(src, dst)
     return dst
+
+
+# ----------------------------------------------------------------------------- speech
+JFK_OPUS = Path(__file__).parent / "data" / "jfk.opus"  # provenance: tests/data/README.md
+JFK_TEXT = ("And so, my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
+JFK_SECONDS = 11.0
+
+
+def _grey(size: tuple[int, int]) -> list[str]:
+    return ["-f", "lavfi", "-i", f"color=c=gray:s={size[0]}x{size[1]}:r=10"]
+
+
+def talking_video(path: Path, lead_s: float = 0.0, size: tuple[int, int] = (64, 48)) -> Path:
+    """A grey clip whose sound track is real speech (:data:`JFK_TEXT`) after ``lead_s`` of
+    silence; H.264 + AAC in mp4, Opus in mkv."""
+    total = JFK_SECONDS + lead_s + 0.5
+    delay = int(round(lead_s * 1000))
+    ffmpeg(*_grey(size), "-i", str(JFK_OPUS), "-filter:a", f"adelay={delay}:all=1,apad",
+           "-t", f"{total:.2f}", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
+           "yuv420p", "-c:a", "aac" if path.suffix == ".mp4" else "libopus", str(path))
+    return path
+
+
+def music_video(path: Path, seconds: float = 6.0) -> Path:
+    """A grey clip over a synthetic chord progression (C, F, G, C; no voice)."""
+    root = ("if(lt(mod(t,6),1.5),261.6,if(lt(mod(t,6),3),349.2,if(lt(mod(t,6),4.5),392,"
+            "261.6)))")
+    chord = "+".join(f"0.15*sin(2*PI*{k}*({root})*t)" for k in (1, 1.26, 1.5, 2))
+    ffmpeg(*_grey((64, 48)), "-f", "lavfi", "-i", f"aevalsrc='{chord}':s=16000:d={seconds}",
+           "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
+           "yuv420p", "-c:a", "aac", str(path))
+    return path
+
+
+def silent_video(path: Path, seconds: float = 4.0) -> Path:
+    """A grey clip with a sound track of digital silence."""
+    ffmpeg(*_grey((64, 48)), "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+           "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
+           "yuv420p", "-c:a", "aac", str(path))
+    return path
+
+
+def corrupt_audio_video(path: Path) -> Path:
+    """An mkv with a good H.264 stream whose Opus track is declared AC-3: every audio packet
+    fails to decode (the video decodes fine)."""
+    assert path.suffix == ".mkv", "the patch needs Matroska's codec ID"
+    talking_video(path)
+    _patch_bytes(path, b"A_OPUS", b"A_AC3\x00")
+    return path
+
+
+def unknown_audio_codec_video(path: Path) -> Path:
+    """An mkv with a good H.264 stream and an audio track of an unknown codec ID."""
+    assert path.suffix == ".mkv", "the patch needs Matroska's codec ID"
+    talking_video(path)
+    _patch_bytes(path, b"A_OPUS", b"A_XYZW")
+    return path

@@ -501,8 +501,9 @@ def main() -> None:
     app()
 
 
-# Registers finetune/index/evaluate/search on ``app``; at the bottom, as it imports from here.
-from videobert import cli_retrieval  # noqa: E402,F401
+# Registers finetune/index/evaluate/search (cli_retrieval) and run (cli_run: the nightly flow
+# once) on ``app``; at the bottom, as they import from here.
+from videobert import cli_retrieval, cli_run  # noqa: E402,F401
 
 if __name__ == "__main__":
     # ``python -m videobert.cli``: run the package module's app, where every command registered

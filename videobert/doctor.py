@@ -1,4 +1,5 @@
-"""``videobert doctor``: what this machine offers the pipeline, and what is missing."""
+"""``videobert doctor``: what this machine offers the pipeline, and what is missing (ffmpeg,
+GPU, weights, the optional speech-to-text extra and its models, the data home, Prefect)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def _weights(home: Path) -> list[dict[str, Any]]:
     return checks
 
 
+def _asr() -> list[dict[str, Any]]:
+    from tasks.asr_models import report
+
+    return [_check(c["name"], c["status"], c["detail"]) for c in report()]
+
+
 def _home(home: Path) -> list[dict[str, Any]]:
     from warehouse.store import Warehouse
 
@@ -96,5 +103,5 @@ def collect(home: Path) -> dict[str, Any]:
 
     configure_prefect_env(home)
     checks = [_check("python", "ok", f"{platform.python_version()} on {platform.platform()}")]
-    checks += _ffmpeg() + _gpu() + _weights(home) + _home(home) + _prefect()
+    checks += _ffmpeg() + _gpu() + _weights(home) + _asr() + _home(home) + _prefect()
     return {"home": str(home), "checks": checks}

@@ -16,6 +16,8 @@ LAYOUT: dict[str, str] = {
     "warehouse/tables/<table>/": "Parquet parts of each table",
     "samples/": "the built-in sample corpus (`videobert samples`)",
     "weights/": "converted model weights (safetensors)",
+    "asr/models/": "speech-to-text models assembled from split pip packages (Whisper base)",
+    "asr/cache/<model>/": "one transcript per video and ASR model (JSON): never transcribed twice",
     "runs/": "training runs: checkpoints, metrics, configs",
     "indices/": "FAISS indices and their manifests",
     "reports/": "evaluation reports (Markdown + PNG)",

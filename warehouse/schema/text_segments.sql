@@ -24,6 +24,6 @@ COMMENT ON COLUMN text_segments.text IS 'the text, tags stripped and whitespace 
 COMMENT ON COLUMN text_segments.source IS 'srt, vtt, embedded, manifest or asr';
 COMMENT ON COLUMN text_segments.language IS 'language tag when known';
 COMMENT ON COLUMN text_segments.cue_index IS 'position of the cue in its source';
-COMMENT ON COLUMN text_segments.confidence IS 'recogniser confidence for asr segments, NULL otherwise';
-COMMENT ON COLUMN text_segments.model IS 'model that produced the text (asr), NULL otherwise';
-COMMENT ON COLUMN text_segments.meta_json IS 'extra manifest fields for this caption as JSON (e.g. object, motion)';
+COMMENT ON COLUMN text_segments.confidence IS 'asr: exp(average token log-probability) of the segment, in (0, 1]; NULL otherwise';
+COMMENT ON COLUMN text_segments.model IS 'asr: the ASR model id that produced the text; NULL otherwise';
+COMMENT ON COLUMN text_segments.meta_json IS 'extra manifest fields for this caption as JSON (e.g. object, motion); asr: words as [start, end, word, probability], avg_logprob, no_speech_prob, compression_ratio, temperature';
