@@ -265,7 +265,8 @@ def pretrain_flow(params: PretrainParams) -> dict[str, Any]:
     summary = {k: v for k, v in result.items() if k != "history"}
     summary |= {"status": "done", "codebook_id": plan.codebook_id, "home": str(home),
                 "checkpoint_path": _rel(home, result["checkpoint"]),
-                "resumed": plan.resumed, "parent_run": plan.parent_run}
+                "resumed": plan.resumed, "parent_run": plan.parent_run,
+                "continue_from": params.continue_from}
     log.info("pretrain: %s", json.dumps(summary, default=str))
     return summary
 

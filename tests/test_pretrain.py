@@ -1,6 +1,6 @@
 """Pretraining: the CLI on the sample corpus, exact resume after SIGKILL, schedule, DDP.
 
-The data home is the built-in sample corpus with one video held out for evaluation (its caption
+The data home is the built-in sample corpus (one video held out for evaluation: its caption
 manifest gives it ``split: val``), ingested and tokenized by the real flows with a tiny local
 CLIP as the feature encoder (any codebook serves the trainer, and it takes seconds, not I3D's
 minute). Training runs the ``tiny`` preset on CPU with one thread, so runs are deterministic.
@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sample_home(prefect_harness, tmp_path_factory) -> Path:
-    """Sample corpus (carphone_distorted held out as val) ingested and tokenized."""
+    """The sample corpus (its manifest holds carphone_distorted out as val), ingested and
+    tokenized."""
     from flows.ingest import IngestParams, ingest_flow
     from flows.visual_tokens import TokenizeParams, tokenize_flow
     from tasks.samples import build_sample_corpus
@@ -39,9 +40,6 @@ def sample_home(prefect_harness, tmp_path_factory) -> Path:
 
     home = tmp_path_factory.mktemp("pretrain") / "home"
     corpus = build_sample_corpus(home / "samples" / "real")
-    manifest = corpus.root / "captions.jsonl"
-    manifest.write_text("".join(json.dumps({**json.loads(line), "split": "val"}) + "\n"
-                                for line in manifest.read_text().splitlines()))
     ingest_flow(IngestParams(source=str(corpus.root), home=str(home)))
     clip = make_tiny_clip(home / "tiny-clip")
     tokenize_flow(TokenizeParams(home=str(home), encoders=["clip"], clip_model=str(clip),
