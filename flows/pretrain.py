@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,11 +38,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from tasks import model_runs
 from tasks.train import TrainConfig, TrainJob, run_job
 from videobert.atomic import write_bytes_atomic
 from videobert.home import resolve_home
-from warehouse import queries
-from warehouse.store import Warehouse, rewrite_without, utcnow
+from warehouse.store import Warehouse, utcnow
 
 PRESET_LR = {"tiny": 1e-3, "mini": 1e-4, "base": 1e-4, "large": 5e-5}
 """Peak learning rate per preset when none is given (BERT-like; tiny learns fast)."""
@@ -94,22 +93,8 @@ class RunPlan:
     resumed: bool
 
 
-def _rel(home: Path, path: str | Path) -> str:
-    p = Path(path)
-    return str(p.relative_to(home)) if p.is_absolute() and p.is_relative_to(home) else str(p)
-
-
-def _one(wh: Warehouse, name: str, args: list[Any]) -> tuple | None:
-    con = wh.connect()
-    try:
-        rows = con.sql(queries.load(name), params=args or None).fetchall()
-        return rows[0] if rows else None
-    finally:
-        con.close()
-
-
 def _resumable(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan | None:
-    row = _one(wh, "pretrain_unfinished_run", [p.preset])
+    row = model_runs.one(wh, "pretrain_unfinished_run", [p.preset])
     if row is None:
         log.warning("resume: no unfinished %s run in %s; starting a new one", p.preset, home)
         return None
@@ -130,7 +115,7 @@ def _resumable(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPla
 def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan:
     codebook, init_from, preset = p.codebook, None, p.preset
     if p.continue_from:
-        row = _one(wh, "model_run", [p.continue_from])
+        row = model_runs.one(wh, "model_run", [p.continue_from])
         if row is None or not row[6]:
             raise ValueError(f"continue_from: no model run {p.continue_from!r} with a "
                              f"checkpoint in {home}")
@@ -143,13 +128,12 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
                         p.continue_from, row[2], preset)
             preset = row[2]
     if codebook is None:
-        found = _one(wh, "pretrain_default_codebook", [])
+        found = model_runs.one(wh, "pretrain_default_codebook", [])
         if found is None:
             raise ValueError(f"no codebook with visual tokens in {home}: run "
                              "`videobert tokenize` first")
         codebook = found[0]
-    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
-    model_run = f"pretrain-{stamp}-{uuid.uuid4().hex[:6]}"
+    model_run = model_runs.new_run_id("pretrain")
     warmup = p.warmup if p.warmup is not None else min(1000, p.steps // 10)
     train = TrainConfig(steps=p.steps, lr=p.lr or PRESET_LR[preset], warmup=warmup,
                         accum=p.accum, eval_every=p.eval_every, eval_batches=p.eval_batches,
@@ -203,8 +187,9 @@ def _register(wh: Warehouse, plan: RunPlan, status: str, *, steps: int = 0,
     """Upsert the run's ``model_runs`` row (one atomic commit)."""
     home, job = wh.home, plan.job
     stored = job.model_dump(mode="json", exclude={"home", "progress", "resume"})
-    stored |= {"run_dir": _rel(home, job.run_dir), "corpus_path": _rel(home, job.corpus_path),
-               "init_from": _rel(home, job.init_from) if job.init_from else None}
+    rel = model_runs.rel
+    stored |= {"run_dir": rel(home, job.run_dir), "corpus_path": rel(home, job.corpus_path),
+               "init_from": model_runs.rel(home, job.init_from) if job.init_from else None}
     result = result or {}
     ck = result.get("checkpoint")
     row = {"model_run": job.model_run, "kind": "pretrain", "preset": job.preset,
@@ -213,14 +198,11 @@ def _register(wh: Warehouse, plan: RunPlan, status: str, *, steps: int = 0,
            "config_json": json.dumps({"job": stored}, sort_keys=True),
            "data_json": json.dumps(result["data"]) if "data" in result else None,
            "metrics_json": json.dumps(result["metrics"]) if "metrics" in result else None,
-           "checkpoint_path": _rel(home, ck) if ck else None,
+           "checkpoint_path": model_runs.rel(home, ck) if ck else None,
            "flow_run_id": str(flow_run.id) if flow_run.id else None,
            "started_at": plan.started_at,
            "finished_at": None if status == "running" else utcnow()}
-    with wh.writer(wait_s=120, purpose="pretrain") as w:
-        staged, old = rewrite_without(w, "model_runs", "model_run", [job.model_run])
-        w.commit([*staged, w.stage("model_runs", [row])], remove=old,
-                 message=f"pretrain {job.model_run}: {status}")
+    model_runs.upsert(wh, row, purpose="pretrain")
 
 
 def _artifacts(result: dict[str, Any], model_run: str) -> None:
@@ -264,7 +246,7 @@ def pretrain_flow(params: PretrainParams) -> dict[str, Any]:
     _artifacts(result, job.model_run)
     summary = {k: v for k, v in result.items() if k != "history"}
     summary |= {"status": "done", "codebook_id": plan.codebook_id, "home": str(home),
-                "checkpoint_path": _rel(home, result["checkpoint"]),
+                "checkpoint_path": model_runs.rel(home, result["checkpoint"]),
                 "resumed": plan.resumed, "parent_run": plan.parent_run,
                 "continue_from": params.continue_from}
     log.info("pretrain: %s", json.dumps(summary, default=str))

@@ -38,6 +38,13 @@ HomeOpt = Annotated[str | None, typer.Option(
     help="Data home (default ./videobert-data). Everything the pipeline writes lives there.")]
 
 
+RunnerOpt = Annotated[str, typer.Option(
+    "--runner", help="threads (default) or dask: a LocalCluster of --workers processes, "
+                     "or the scheduler at --dask-address")]
+DaskAddressOpt = Annotated[str | None, typer.Option(
+    help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --runner dask)")]
+
+
 class Fmt(StrEnum):
     """Output formats for tabular results."""
 
@@ -198,12 +205,8 @@ def ingest(
         help="Commit finished batches every N seconds (0: every batch)")] = 1.0,
     publish_every: Annotated[float, typer.Option(
         help="Refresh the catalog readers see at most every N seconds")] = 2.0,
-    runner: Annotated[str, typer.Option(
-        "--runner", help="threads (default) or dask: a LocalCluster of --workers processes, "
-                         "or the scheduler at --dask-address")] = "threads",
-    dask_address: Annotated[str | None, typer.Option(
-        help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --runner dask)")]
-    = None,
+    runner: RunnerOpt = "threads",
+    dask_address: DaskAddressOpt = None,
     asr: Annotated[str, typer.Option(
         "--asr", help="Speech to text: auto (videos with audio and no subtitles/captions), "
                       "always, never. Needs pip install -e \".[asr]\"")] = "auto",
@@ -323,12 +326,8 @@ def tokenize(
     clips_per_task: Annotated[int, typer.Option(
         help="Clips per Prefect task and commit (a kill loses at most one task's work)")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    runner: Annotated[str, typer.Option(
-        "--runner", help="threads (default) or dask: a LocalCluster of --workers processes, "
-                         "or the scheduler at --dask-address")] = "threads",
-    dask_address: Annotated[str | None, typer.Option(
-        help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --runner dask)")]
-    = None,
+    runner: RunnerOpt = "threads",
+    dask_address: DaskAddressOpt = None,
     workers: Annotated[int | None, typer.Option(
         help="Feature tasks at once (threads: 1) and Dask LocalCluster workers (CPUs)",
         min=1)] = None,
