@@ -6,7 +6,8 @@ runs ``prefect --no-prompt deploy --all`` from the repository root, creates a fl
 deployment through the REST API, runs it with ``prefect worker start --run-once`` and checks
 the run's final state through the API and its rows in the warehouse. The server and every
 process it started are stopped (SIGINT, then the whole process group) even when the test
-fails. To cover another deployment (the nightly one), add a :class:`DeploymentCase`.
+fails. Cases: ``ingest`` and ``nightly-retrain`` (the whole nightly flow on the sample corpus
+with a tiny, short pretraining); add a :class:`DeploymentCase` to cover another deployment.
 """
 
 from __future__ import annotations
@@ -195,20 +196,45 @@ def _check_ingest(corpus: SampleCorpus, home: Path) -> None:
     assert runs == [(len(corpus.videos),)]
 
 
+def _check_nightly(corpus: SampleCorpus, home: Path) -> None:
+    con = Warehouse(home).connect()
+    names = {Path(p).name for (p,) in con.sql("SELECT path FROM video_files").fetchall()}
+    assert names == {v.name for v in corpus.videos}  # the built-in sample corpus
+    runs = dict(con.sql("SELECT kind, count(*) FROM model_runs WHERE status = 'done' "
+                        "GROUP BY 1").fetchall())
+    assert runs == {"pretrain": 1, "finetune": 1}, runs
+    live = con.sql("SELECT model_run FROM promotions WHERE promoted").fetchall()
+    finetuned = con.sql("SELECT model_run FROM model_runs WHERE kind = 'finetune'").fetchall()
+    assert live == finetuned
+    n_clips = con.sql("SELECT count(*) FROM clips").fetchall()[0][0]
+    emb = con.sql("SELECT count(*) FROM embeddings WHERE encoder = 'videobert' "
+                  "AND kind = 'clip' AND model_run = ?", params=[live[0][0]]).fetchall()[0][0]
+    assert emb == n_clips
+    assert con.sql("SELECT count(*) FROM indices").fetchall()[0][0] > 0
+    encoders = {e for (e,) in con.sql("SELECT DISTINCT encoder FROM eval_results").fetchall()}
+    assert {"concepts", "videobert"} <= encoders, encoders
+
+
 CASES = [
     DeploymentCase(
         name="ingest/ingest",
         parameters=lambda corpus, home: {"params": {"source": str(corpus.root),
                                                     "home": str(home), "validation": "demux"}},
         check=_check_ingest),
+    DeploymentCase(  # the whole nightly flow on the built-in sample corpus, tiny and short
+        name="nightly/nightly-retrain",
+        parameters=lambda corpus, home: {"params": {
+            "home": str(home), "sources": [], "pretrain_preset": "tiny", "pretrain_steps": 20,
+            "pretrain_batch_size": 16, "finetune_steps": 10, "device": "cpu"}},
+        check=_check_nightly),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_deployment_runs_on_a_worker(prefect_server: PrefectServer, case: DeploymentCase,
                                      tmp_path: Path):
-    corpus = build_sample_corpus(tmp_path / "corpus")
     home = tmp_path / "home"
+    corpus = build_sample_corpus(home / "samples" / "real")  # where the nightly flow builds it
     flow_name, deployment_name = case.name.split("/")
     dep = prefect_server.api("GET", f"/deployments/name/{flow_name}/{deployment_name}")
     assert dep["work_pool_name"] == POOL
