@@ -234,15 +234,17 @@ def pretrain_flow(params: PretrainParams) -> dict[str, Any]:
             log.warning("corpus file of %s was missing: re-exported to %s (resume is exact "
                         "only when the warehouse is unchanged)", job.model_run, corpus)
         job.corpus_path = str(corpus)
-    _register(wh, plan, "running")
-    nproc = gpu_processes(job.train.device, params.nproc)
-    try:
-        result = train_task(job, nproc)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the training error is the one to report
-            _register(wh, plan, "failed")
-        raise
-    _register(wh, plan, "done", steps=result["steps"], device=result["device"], result=result)
+    with model_runs.running(home, job.model_run):  # crash cleanup: this run is alive
+        _register(wh, plan, "running")
+        nproc = gpu_processes(job.train.device, params.nproc)
+        try:
+            result = train_task(job, nproc)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the training error is the one to report
+                _register(wh, plan, "failed")
+            raise
+        _register(wh, plan, "done", steps=result["steps"], device=result["device"],
+                  result=result)
     _artifacts(result, job.model_run)
     summary = {k: v for k, v in result.items() if k != "history"}
     summary |= {"status": "done", "codebook_id": plan.codebook_id, "home": str(home),

@@ -2,12 +2,19 @@
 
 The live (promoted) model is the newest ``promotions`` row with ``promoted = true``; before any
 promotion, the newest finished fine-tune serves search.
+
+While a run trains, its process holds ``HOME/models/<run>/running.lock`` (an flock, released by
+the kernel when the process dies, however it dies): :func:`orphaned` tells a run whose process
+is gone from one still training, so crash cleanup never fails a live run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,82 @@ from warehouse.store import Warehouse, rewrite_without, utcnow
 def new_run_id(kind: str) -> str:
     """``<kind>-YYYYmmdd-HHMMSS-<6 hex>``: sortable by time, unique, a valid folder name."""
     return f"{kind}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+RUNNING_LOCK = "running.lock"
+
+
+def _lock_path(home: Path, model_run: str) -> Path:
+    return Path(home) / "models" / model_run / RUNNING_LOCK
+
+
+@contextlib.contextmanager
+def running(home: Path, model_run: str) -> Iterator[Path]:
+    """Hold the run's ``running.lock`` for the duration of its training.
+
+    Args:
+        home: the data home.
+        model_run: the run id (its folder under ``HOME/models``).
+
+    Yields:
+        The lock file's path (it holds the pid of the process that trains).
+    """
+    with pid_lock(_lock_path(home, model_run), wait=True) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def pid_lock(path: Path, *, wait: bool) -> Iterator[Path]:
+    """Hold an exclusive flock on ``path`` (created with its folder) and write our pid in it.
+
+    Args:
+        path: the lock file.
+        wait: block until the lock is free; else raise at once.
+
+    Yields:
+        ``path``.
+
+    Raises:
+        LockHeld: ``wait`` is False and another process holds it (``holder``: its pid text).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockHeld(holder) from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+class LockHeld(RuntimeError):
+    """Another process holds a :func:`pid_lock`; ``holder`` is the pid written in the file."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"held by pid {holder}")
+        self.holder = holder
+
+
+def orphaned(home: Path, model_run: str) -> bool | None:
+    """Whether a ``running`` run's process is gone: True when nobody holds its lock, False
+    while a process does, None when the run has no lock file (a run from before locks)."""
+    path = _lock_path(home, model_run)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def rel(home: Path, path: str | Path) -> str:

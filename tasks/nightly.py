@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,21 +45,20 @@ def nightly_lock(home: Path) -> Iterator[Path]:
     Raises:
         NightlyBusy: another process holds it (named by the pid written in the file).
     """
-    home.mkdir(parents=True, exist_ok=True)
     path = home / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise NightlyBusy(f"another nightly run (pid {holder}) is writing to {home}: "
-                              f"{path} is locked; this run exits without changes") from e
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield path
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        with model_runs.pid_lock(path, wait=False):
+            yield path
+    except model_runs.LockHeld as e:
+        raise NightlyBusy(f"another nightly run (pid {e.holder}) is writing to {home}: "
+                          f"{path} is locked; this run exits without changes") from e
+
+
+def _stale(home: Path, row: dict[str, Any], started_before: dt.datetime) -> bool:
+    gone = model_runs.orphaned(home, row["model_run"])
+    if gone is None:
+        return row["started_at"] is not None and row["started_at"] < started_before
+    return gone
 
 
 def crash_cleanup(wh: Warehouse, started_before: dt.datetime = PROCESS_STARTED,
@@ -69,11 +66,13 @@ def crash_cleanup(wh: Warehouse, started_before: dt.datetime = PROCESS_STARTED,
     """Recover the warehouse and mark stale ``running`` training runs as ``failed``.
 
     Opening the writer runs :meth:`warehouse.store.Writer.recover` (staged, temporary and
-    uncommitted files of a killed run). ``failed`` pretraining runs stay resumable.
+    uncommitted files of a killed run). A ``running`` run is stale when no process holds its
+    ``running.lock`` (:func:`tasks.model_runs.orphaned`), or, for a run without a lock file,
+    when it started before ``started_before``. ``failed`` pretraining runs stay resumable.
 
     Args:
         wh: the warehouse.
-        started_before: runs started before this (UTC) are stale.
+        started_before: lock-less runs started before this (UTC) are stale.
         wait_s: how long to wait for another writer.
 
     Returns:
@@ -82,9 +81,10 @@ def crash_cleanup(wh: Warehouse, started_before: dt.datetime = PROCESS_STARTED,
     with wh.writer(wait_s=wait_s, purpose="nightly crash cleanup") as w:
         con = wh.connect()
         try:
-            cur = con.execute(queries.load("stale_running_runs"), [started_before])
+            cur = con.execute(queries.load("running_runs"))
             cols = [d[0] for d in cur.description]
             rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            rows = [r for r in rows if _stale(wh.home, r, started_before)]
         finally:
             con.close()
         if not rows:

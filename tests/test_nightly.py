@@ -1,14 +1,26 @@
 """Nightly flow on a small synthetic corpus: a first run trains and promotes, a second run with
-no new data skips training, a worse candidate is not promoted, and a second nightly run on the
-same home is refused while one holds the lock (real flows, DuckDB, FAISS, I3D and MiniLM)."""
+no new data skips training, a worse candidate is not promoted, a second nightly run on the
+same home is refused while one holds the lock, and a run SIGKILLed mid-way followed by a new
+run converges to the uninterrupted run's results (real flows, DuckDB, FAISS, I3D and MiniLM)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from warehouse.store import Warehouse
 
 SYN_VIDEOS = 20  # one block of the generator: 16 train, 2 val, 2 test videos
+SMALL = {"pretrain_steps": 20, "pretrain_batch_size": 16, "finetune_steps": 10,
+         "finetune_batch_size": 16, "levels": 2, "branching": 4, "min_points_per_token": 2,
+         "device": "cpu"}
+EVAL_COLS = "encoder, level, direction, mode, r1, r5, r10, mdr, mnr"
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +32,7 @@ def nightly(prefect_harness, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("nightly")
     home = root / "home"
     corpus = generate_synthetic(root / "syn", SYN_VIDEOS, seed=0, workers=2)
-    params = NightlyParams(home=str(home), sources=[str(corpus.root)], pretrain_steps=20,
-                           pretrain_batch_size=16, finetune_steps=10, finetune_batch_size=16,
-                           levels=2, branching=4, min_points_per_token=2, device="cpu")
+    params = NightlyParams(home=str(home), sources=[str(corpus.root)], **SMALL)
     first = nightly_flow(params)
     second = nightly_flow(params)
     return {"home": home, "params": params, "first": first, "second": second}
@@ -101,16 +111,87 @@ def test_crash_cleanup_marks_stale_running_runs_failed(tmp_path):
     from tasks import nightly as nt
     from warehouse.store import utcnow
 
-    wh = Warehouse(tmp_path / "home")
+    home = tmp_path / "home"
+    wh = Warehouse(home)
     now = utcnow()
-    for run, started in (("pretrain-stale", now - dt.timedelta(hours=1)),
-                         ("pretrain-current", now + dt.timedelta(seconds=1))):
-        model_runs.upsert(wh, {"model_run": run, "kind": "pretrain", "preset": "tiny",
+    hour = dt.timedelta(hours=1)
+    runs = {"pretrain-stale": now - hour,  # no lock file, started before: stale
+            "pretrain-current": now + hour,  # no lock file, started after: left alone
+            "pretrain-orphan": now + hour,  # its process died: nobody holds its lock
+            "finetune-alive": now - hour}  # a process (this one) holds its lock
+    for run, started in runs.items():
+        model_runs.upsert(wh, {"model_run": run, "kind": run.split("-")[0], "preset": "tiny",
                                "status": "running", "config_json": "{}",
                                "started_at": started}, purpose="test")
+    with model_runs.running(home, "pretrain-orphan"):
+        assert model_runs.orphaned(home, "pretrain-orphan") is False
+    assert model_runs.orphaned(home, "pretrain-orphan") is True
+    assert model_runs.orphaned(home, "pretrain-stale") is None
     (wh.staging_dir / "leftover").mkdir(parents=True)  # a killed run's staged part
-    assert nt.crash_cleanup(wh, started_before=now) == ["pretrain-stale"]
-    status = dict(wh.connect().execute("SELECT model_run, status FROM model_runs").fetchall())
-    assert status == {"pretrain-stale": "failed", "pretrain-current": "running"}
-    assert not (wh.staging_dir / "leftover").exists()
-    assert nt.crash_cleanup(wh, started_before=now) == []  # idempotent
+    with model_runs.running(home, "finetune-alive"):
+        assert nt.crash_cleanup(wh, started_before=now) == ["pretrain-stale", "pretrain-orphan"]
+        status = dict(wh.connect().execute("SELECT model_run, status FROM model_runs")
+                      .fetchall())
+        assert status == {"pretrain-stale": "failed", "pretrain-current": "running",
+                          "pretrain-orphan": "failed", "finetune-alive": "running"}
+        assert not (wh.staging_dir / "leftover").exists()
+        assert nt.crash_cleanup(wh, started_before=now) == []  # idempotent
+
+
+def _eval_rows(home: Path, model_run: str) -> list[tuple]:
+    """The test-split evaluation of ``model_run`` and the baselines, without run ids."""
+    con = Warehouse(home).connect()
+    eval_id = con.execute("SELECT eval_id FROM eval_results WHERE split = 'test' AND model_run = ? "
+                          "ORDER BY "at" DESC LIMIT 1", [model_run]).fetchone()[0]
+    return con.execute(f"SELECT {EVAL_COLS} FROM eval_results WHERE eval_id = ? AND split = "
+                       "'test' ORDER BY ALL", [eval_id]).fetchall()
+
+
+def test_sigkill_mid_run_then_a_new_run_converges(nightly, tmp_path):
+    """SIGKILL the nightly flow (its whole process group) once pretraining has started; a new
+    run on the same home finishes and reaches the uninterrupted run's results."""
+    from flows.nightly import NightlyParams, nightly_flow
+    from tasks.synthetic import generate_synthetic
+
+    corpus = generate_synthetic(tmp_path / "syn", SYN_VIDEOS, seed=0, workers=2)
+    home = tmp_path / "home"
+    params = NightlyParams(home=str(home), sources=[str(corpus.root)], **SMALL)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DO_NOT_TRACK="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    code = ("import json, sys; from flows.nightly import NightlyParams, nightly_flow; "
+            "nightly_flow(NightlyParams(**json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, params.model_dump_json()], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    models = home / "models"
+    try:
+        deadline = time.monotonic() + 600
+        while not (models.exists() and any(p.name.startswith("pretrain-")
+                                           for p in models.iterdir())):
+            assert proc.poll() is None, f"the nightly run exited ({proc.returncode}) early"
+            assert time.monotonic() < deadline, "pretraining never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    again = nightly_flow(params)
+    assert again["status"] == "trained" and again["gate"]["promoted"]
+    con = Warehouse(home).connect()
+    status = dict(con.execute("SELECT model_run, status FROM model_runs").fetchall())
+    killed = set(status) - {again["pretrain"]["model_run"], again["finetune"]["model_run"]}
+    assert {status[r] for r in killed} <= {"failed"}, status  # none left "running"
+    assert set(again["cleanup"]["failed_runs"]) == killed
+    for table, key in (("videos", "video_id"), ("clips", "clip_id"),
+                       ("text_segments", "segment_id"), ("visual_tokens", "clip_id")):
+        dup = con.execute(f"SELECT count(*) - count(DISTINCT {key}) FROM {table}").fetchone()[0]
+        assert dup == 0, f"{table} has {dup} duplicate rows"
+    dup = con.execute("SELECT count(*) FROM (SELECT clip_id, encoder FROM clip_features "
+                      "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+    assert dup == 0
+    ref = nightly["first"]
+    assert again["tokenize"]["codebook"]["codebook_id"] == ref["tokenize"]["codebook"][
+        "codebook_id"]
+    assert _eval_rows(home, again["live_run"]) == _eval_rows(nightly["home"], ref["live_run"])

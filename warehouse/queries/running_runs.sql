@@ -1,5 +1,5 @@
--- Nightly crash cleanup: training runs still marked running that started before a time (arg:
--- timestamp). Full rows, so each can be rewritten with status failed.
+-- Nightly crash cleanup: training runs still marked running (full rows, so each can be
+-- rewritten with status failed once its process is known to be gone).
 SELECT * FROM model_runs
-WHERE status = 'running' AND started_at < ?
+WHERE status = 'running'
 ORDER BY started_at, model_run
