@@ -31,7 +31,14 @@ class MetricSums:
 
     def add(self, metrics: Mapping[str, torch.Tensor], loss: torch.Tensor) -> None:
         """Add one micro-batch: its total ``loss`` and the model's detached metrics."""
-        items = {"loss": loss.detach(), "batches": torch.ones((), device=loss.device), **metrics}
+        one = torch.ones((), device=loss.device)
+        items = {"loss": loss.detach(), "batches": one, **metrics}
+        for k, v in list(items.items()):
+            if k.startswith("loss_"):  # weight by the objective's count in this batch
+                n = metrics.get(f"n_{k[5:]}")
+                items[k] = v * n if n is not None else v
+                if n is None:
+                    items[f"batches_{k}"] = one
         for k, v in items.items():
             v = v.detach().to(self.device, torch.float64)
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
@@ -47,12 +54,18 @@ class MetricSums:
             self.sums = dict(zip(keys, flat.unbind(0), strict=True))
 
     def means(self) -> dict[str, float]:
-        """Mean of each ``loss*`` over batches and ``acc_<name>`` = correct / n (when n > 0)."""
+        """``loss``: mean over batches; ``loss_<name>``: mean over the items of that objective
+        (a batch without masked video tokens or joint pairs does not pull it towards 0), or over
+        the batches that had the term when it has no count; ``acc_<name>`` = correct / n."""
         s = {k: float(v) for k, v in self.sums.items()}
-        batches = s.get("batches", 0.0)
         out: dict[str, float] = {}
-        if batches > 0:
-            out |= {k: v / batches for k, v in s.items() if k.startswith("loss")}
+        if s.get("batches", 0.0) > 0:
+            out["loss"] = s["loss"] / s["batches"]
+        for k, v in s.items():
+            if k.startswith("loss_"):
+                n = s.get(f"n_{k[5:]}", s.get(f"batches_{k}", 0.0))
+                if n > 0:
+                    out[k] = v / n
         for name in ACC_NAMES:
             n = s.get(f"n_{name}", 0.0)
             if n > 0:

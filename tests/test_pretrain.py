@@ -369,3 +369,23 @@ def test_torchrun_two_processes_on_cpu(sample_home: Path, corpus: Path):
     assert len(ckpt.load_state(run_dir / "checkpoints" / "step-0000004")["rng"]) == 2
     rows = _metrics(sample_home, "ddp")
     assert len(rows) == len(set(rows)) and {r[0] for r in rows} == {2, 4}
+
+
+def test_metric_means_weight_each_objective_by_its_count():
+    import torch
+
+    from tasks.train_metrics import MetricSums
+
+    m = MetricSums()
+    t = torch.tensor
+    # a batch without joint pairs (alignment loss 0 over n 0), then one with 4 pairs
+    m.add({"loss_align": t(0.0), "n_align": t(0), "correct_align": t(0),
+           "loss_text_mlm": t(2.0), "n_text_mlm": t(10), "correct_text_mlm": t(5)}, t(2.0))
+    m.add({"loss_align": t(0.7), "n_align": t(4), "correct_align": t(3),
+           "loss_text_mlm": t(4.0), "n_text_mlm": t(30), "correct_text_mlm": t(6),
+           "loss_feature": t(0.5)}, t(4.7))
+    out = m.means()
+    assert out["loss"] == pytest.approx(3.35)
+    assert out["loss_align"] == pytest.approx(0.7) and out["acc_align"] == pytest.approx(0.75)
+    assert out["loss_text_mlm"] == pytest.approx((2.0 * 10 + 4.0 * 30) / 40)
+    assert out["loss_feature"] == pytest.approx(0.5)  # no count: over the batches that had it
