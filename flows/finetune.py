@@ -40,6 +40,8 @@ class FinetuneParams(BaseModel):
     patience: int = Field(4, ge=1, description="Early stopping: validations without gain")
     distill: Literal["concepts"] | None = Field(None, description="Distil from a teacher "
                                                 "encoder's similarities")
+    features: str | None = Field("i3d", description="Clip features added to the visual "
+                                 "tokens (an encoder of clip_features); None: tokens only")
     seed: int = Field(0, description="Seed of the batch order")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
 
@@ -70,7 +72,7 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     """Fine-tune, save the best weights, and log the validation curve."""
     from models.device import pick_device
     from models.videobert import VideoBert, text_tokenizer
-    from tasks.finetune import FinetuneConfig, finetune, load_pairs
+    from tasks.finetune import FinetuneConfig, clip_features, finetune, load_pairs
     from tasks.train_metrics import WarehouseSink, metric_rows
 
     log = get_run_logger()
@@ -79,10 +81,18 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     device = pick_device(p.device)
     model = VideoBert.from_pretrained(home / ckpt, device=str(device))
     tok = text_tokenizer()
-    train, val = load_pairs(wh, codebook_id, "train"), load_pairs(wh, codebook_id, "val")
+    feats = clip_features(wh, p.features) if p.features else None
+    if feats:
+        model.enable_feature_input(len(next(iter(feats.values()))), p.features)
+    elif p.features:
+        log.warning("no %s clip features in %s: fine-tuning on the visual tokens alone",
+                    p.features, home)
+        feats = None
+    train = load_pairs(wh, codebook_id, "train", feats)
+    val = load_pairs(wh, codebook_id, "val", feats)
     cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr,
                          eval_every=p.eval_every, patience=p.patience, distill=p.distill,
-                         seed=p.seed)
+                         features=p.features if feats else None, seed=p.seed)
     teacher = _teacher(wh, train, str(device)) if p.distill == "concepts" else None
     sink = WarehouseSink(home, model_run)
 
@@ -148,16 +158,17 @@ def finetune_flow(params: FinetuneParams) -> dict[str, Any]:
                          "`videobert pretrain` first")
     model_run = model_runs.new_run_id("finetune")
     started = utcnow()
-    model_runs.upsert(wh, _row(home, model_run, parent, params, "running", started),
-                      purpose="finetune")
-    try:
-        result = train_task(home, model_run, parent, params)
-    except BaseException:
-        model_runs.upsert(wh, _row(home, model_run, parent, params, "failed", started),
+    with model_runs.running(home, model_run):  # crash cleanup: this run is alive
+        model_runs.upsert(wh, _row(home, model_run, parent, params, "running", started),
                           purpose="finetune")
-        raise
-    model_runs.upsert(wh, _row(home, model_run, parent, params, "done", started, result),
-                      purpose="finetune")
+        try:
+            result = train_task(home, model_run, parent, params)
+        except BaseException:
+            model_runs.upsert(wh, _row(home, model_run, parent, params, "failed", started),
+                              purpose="finetune")
+            raise
+        model_runs.upsert(wh, _row(home, model_run, parent, params, "done", started, result),
+                          purpose="finetune")
     added = embed_task(home, model_run, parent[1], params.device)
     best = result["best"]
     create_table_artifact([{"metric": k, "value": round(float(v), 4)} for k, v in best.items()],

@@ -63,6 +63,11 @@ class VideoBertConfig:
         dropout: dropout on embeddings, attention probabilities and residual branches.
         layer_norm_eps: LayerNorm epsilon (BERT: 1e-12).
         feature_dim: backbone feature size for masked-feature regression; 0 disables that head.
+        feature_input: add ``Linear(feature_dim, D)`` of each clip's backbone feature to its
+            visual-token embedding where a feature is given (retrieval fine-tuning turns it on:
+            the token alone cannot tell apart the clips of one cluster); zero-initialised, so
+            turning it on leaves a pretrained model's outputs unchanged.
+        feature_encoder: the clip-feature encoder (``clip_features.encoder``) it reads.
         proj_dim: size of the text/video embeddings used for retrieval and the contrastive term.
         w_text, w_video, w_align, w_feature, w_contrastive: loss weights per objective.
         codebook_id: the codebook whose visual tokens this model reads (None: not yet bound).
@@ -81,6 +86,8 @@ class VideoBertConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     feature_dim: int = 0
+    feature_input: bool = False
+    feature_encoder: str | None = None
     proj_dim: int = 256
     w_text: float = 1.0
     w_video: float = 1.0
@@ -109,6 +116,8 @@ class VideoBertConfig:
                 raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)!r}")
         if self.w_feature > 0 and self.feature_dim <= 0:
             raise ValueError(f"w_feature={self.w_feature} needs feature_dim > 0")
+        if self.feature_input and self.feature_dim <= 0:
+            raise ValueError("feature_input needs feature_dim > 0")
 
     @property
     def vis_offset(self) -> int:
@@ -188,10 +197,13 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor,
+                extra: Tensor | None = None) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
         x = self.word(input_ids) + self.token_type(token_type_ids)  # (B, T, D)
         x = x + self.position(positions)  # (B, T, D) + (T, D)
+        if extra is not None:  # projected clip features (B, T, D), 0 where there are none
+            x = x + extra
         return self.drop(self.norm(x))
 
 
@@ -259,7 +271,33 @@ class VideoBert(nn.Module):
         self.video_proj = nn.Linear(D, config.proj_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.feature_head = nn.Linear(D, config.feature_dim) if config.feature_dim > 0 else None
+        self.feature_in: nn.Linear | None = None
         self.apply(self._init_weights)
+        if config.feature_input:
+            self._add_feature_input()
+
+    def _add_feature_input(self) -> None:
+        self.feature_in = nn.Linear(self.config.feature_dim, self.config.hidden, bias=False)
+        nn.init.zeros_(self.feature_in.weight)  # starts as the token-only model
+        self.feature_in.to(self.embeddings.word.weight.device)
+
+    def enable_feature_input(self, feature_dim: int, encoder: str) -> None:
+        """Turn on :attr:`VideoBertConfig.feature_input` (no-op when on): ``encoder``'s clip
+        features (``feature_dim`` wide) are then added to their visual tokens where given."""
+        cfg = self.config
+        if cfg.feature_input:
+            if (cfg.feature_dim, cfg.feature_encoder) != (feature_dim, encoder):
+                raise ValueError(f"this model reads {cfg.feature_dim}-d {cfg.feature_encoder} "
+                                 f"features, not {feature_dim}-d {encoder}")
+            return
+        if cfg.feature_dim not in (0, feature_dim):
+            raise ValueError(f"feature_dim is {cfg.feature_dim}, not {feature_dim}")
+        cfg.feature_dim, cfg.feature_input, cfg.feature_encoder = feature_dim, True, encoder
+        if self.feature_head is None:  # feature_dim > 0 always comes with the head
+            self.feature_head = nn.Linear(cfg.hidden, feature_dim)
+            self._init_weights(self.feature_head)
+            self.feature_head.to(self.embeddings.word.weight.device)
+        self._add_feature_input()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -277,13 +315,15 @@ class VideoBert(nn.Module):
 
     # -- encoder
     def encode(self, input_ids: Tensor, token_type_ids: Tensor,
-               attention_mask: Tensor | None = None) -> Tensor:
+               attention_mask: Tensor | None = None, features: Tensor | None = None) -> Tensor:
         """Last-layer hidden states.
 
         Args:
             input_ids: (B, T) long vocabulary ids.
             token_type_ids: (B, T) long, 0 text / 1 video.
             attention_mask: (B, T) bool, False at padding; None attends everywhere.
+            features: optional (B, T, feature_dim) clip features at visual-token positions,
+                zeros elsewhere; read only when ``config.feature_input``.
 
         Returns:
             (B, T, D) hidden states.
@@ -296,7 +336,10 @@ class VideoBert(nn.Module):
             # [CLS] (position 0) stays visible so an all-pad row cannot turn into NaN.
             first = torch.arange(T, device=input_ids.device) == 0  # (T,)
             mask = (attention_mask.to(torch.bool) | first)[:, None, None, :]  # (B, 1, 1, T)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
+        extra = None
+        if features is not None and self.feature_in is not None:
+            extra = self.feature_in(features.to(self.feature_in.weight.dtype))  # (B, T, D)
+        x = self.embeddings(input_ids, token_type_ids, extra)  # (B, T, D)
         for layer in self.layers:
             x = layer(x, mask)
         return x
@@ -353,8 +396,8 @@ class VideoBert(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
     def _embed(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor,
-               proj: nn.Linear) -> Tensor:
-        h = self.encode(input_ids, token_type_ids, attention_mask)  # (B, T, D)
+               proj: nn.Linear, features: Tensor | None = None) -> Tensor:
+        h = self.encode(input_ids, token_type_ids, attention_mask, features)  # (B, T, D)
         m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
         return F.normalize(proj(pooled), dim=-1)  # (B, P)
@@ -371,18 +414,20 @@ class VideoBert(nn.Module):
         types = torch.zeros_like(input_ids)  # (B, T)
         return self._embed(input_ids, types, attention_mask, self.text_proj)
 
-    def embed_video(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def embed_video(self, input_ids: Tensor, attention_mask: Tensor,
+                    features: Tensor | None = None) -> Tensor:
         """Retrieval embedding of video-only sequences ``[CLS] [>] video [SEP]``.
 
         Args:
             input_ids: (B, T) long. attention_mask: (B, T) bool.
+            features: optional (B, T, feature_dim) clip features (see :meth:`encode`).
 
         Returns:
             (B, proj_dim) L2-normalised: mean of the last layer over non-pad positions, projected.
         """
         types = torch.ones_like(input_ids)
         types[:, 0] = 0  # [CLS] is segment 0, the rest video
-        return self._embed(input_ids, types, attention_mask, self.video_proj)
+        return self._embed(input_ids, types, attention_mask, self.video_proj, features)
 
     # -- losses
     @staticmethod

@@ -2,8 +2,9 @@
 
 One row per (item, kind, encoder, model_run) in ``embeddings``, unit length, ``FLOAT[]``:
 
-- ``videobert``: a fine-tuned run's ``embed_video`` of each clip's visual token and
-  ``embed_text`` of each segment (``model_run`` = the fine-tune run);
+- ``videobert``: a fine-tuned run's ``embed_video`` of each clip's visual token (with the
+  clip's feature when the run reads features) and ``embed_text`` of each segment
+  (``model_run`` = the fine-tune run);
 - ``concepts`` / ``clip``: the clip vectors already in ``clip_features`` and the encoder's own
   text tower for segments (``model_run`` = the feature version, as these are not trained here).
 
@@ -138,14 +139,18 @@ def videobert_embeddings(w: Writer, model: Any, tokenizer: Any, model_run: str,
     Returns:
         ``{"encoder": "videobert", "model_run", "added": {kind: rows}}``.
     """
-    from tasks.finetune import embed_texts, embed_token_seqs
+    from tasks.finetune import clip_features, embed_texts, embed_token_seqs
 
     done = present(w.wh, "videobert", model_run)
     con = w.wh.connect()
     clips = [r for r in con.execute(queries.load("retrieval_clips"), [codebook_id]).fetchall()
              if r[0] not in done["clip"]]
     con.close()
-    cvec = embed_token_seqs(model, [(int(r[3]),) for r in clips], device=device)
+    feats = None
+    if model.config.feature_input:  # the model also reads each clip's feature
+        table = clip_features(w.wh, model.config.feature_encoder)
+        feats = [[table.get(r[0])] for r in clips]
+    cvec = embed_token_seqs(model, [(int(r[3]),) for r in clips], feats=feats, device=device)
     tids, tvids, texts = pending_texts(w.wh, done["text"])
     tvec = embed_texts(model, tokenizer, texts, max_text=max_text, device=device)
     added = commit_embeddings(w, "videobert", model_run,

@@ -3,18 +3,24 @@
 A pretrained VideoBERT encodes text-only input (``[CLS] caption [SEP]``) and video-only input
 (``[CLS] [>] visual tokens [SEP]``) through the same transformer; each side is mean-pooled and
 projected (``embed_text`` / ``embed_video``) into a shared unit sphere. Training pairs are each
-train-split text segment and the clips it overlaps in time. In-batch negatives; captions whose
-clips carry the very same visual tokens are all positives of each other (the model cannot tell
-those clips apart, so calling them negatives would only teach noise). The temperature is the
-model's learnable ``logit_scale``. Optional distillation matches the student's in-batch
-similarity distribution to a teacher's (the concepts baseline). Early stopping on validation
-text->clip R@5; the best weights are kept.
+train-split text segment and the clips it overlaps in time. In-batch negatives.
+
+With clip features (``features``, by default the I3D ones), each visual token's embedding also
+gets its clip's projected feature (:meth:`models.videobert.VideoBert.enable_feature_input`):
+the token says which cluster a clip is in, the feature tells apart the clips of one cluster.
+Captions of the same clips are positives of each other. Without features, captions whose clips
+carry the very same visual tokens are all positives of each other (the model cannot tell those
+clips apart, so calling them negatives would only teach noise).
+
+The temperature is the model's learnable ``logit_scale``. Optional distillation matches the
+student's in-batch similarity distribution to a teacher's (the concepts baseline). Early
+stopping on validation text->clip R@5; the best weights are kept.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,8 @@ class FinetuneConfig(BaseModel):
     max_text: int = Field(48, ge=4, description="WordPieces kept per caption")
     distill: str | None = Field(None, description="Teacher: None or 'concepts'")
     distill_weight: float = Field(0.5, ge=0, description="Weight of the distillation term")
+    features: str | None = Field("i3d", description="Clip features added to the visual "
+                                 "tokens (an encoder of clip_features), or None: tokens only")
     seed: int = Field(0, description="Seed of the batch order")
 
 
@@ -56,19 +64,44 @@ class Pairs:
     texts: list[str]
     clip_ids: list[tuple[str, ...]]
     tokens: list[tuple[int, ...]]
+    features: Mapping[str, np.ndarray] | None = None  # clip_id -> unit feature (shared)
 
     def __len__(self) -> int:
         return len(self.segment_ids)
 
+    def feature_seqs(self, rows: Sequence[int]) -> list[list[np.ndarray | None]] | None:
+        """Per row, the features of its clips (None where a clip has none); None without
+        features."""
+        if self.features is None:
+            return None
+        return [[self.features.get(c) for c in self.clip_ids[i]] for i in rows]
 
-def load_pairs(wh: Warehouse, codebook_id: str, split: str) -> Pairs:
+
+def load_pairs(wh: Warehouse, codebook_id: str, split: str,
+               features: Mapping[str, np.ndarray] | None = None) -> Pairs:
     """Caption-clip pairs of a split from the published warehouse."""
     con = wh.connect()
     rows = con.execute(queries.load("retrieval_pairs"), [codebook_id, split]).fetchall()
     con.close()
     return Pairs(segment_ids=[r[0] for r in rows], video_ids=[r[1] for r in rows],
                  texts=[r[2] for r in rows], clip_ids=[tuple(r[3]) for r in rows],
-                 tokens=[tuple(int(t) for t in r[4]) for r in rows])
+                 tokens=[tuple(int(t) for t in r[4]) for r in rows], features=features)
+
+
+def clip_features(wh: Warehouse, encoder: str) -> dict[str, np.ndarray]:
+    """``clip_id -> unit-length float32 feature`` of an encoder's newest version ({} if none)."""
+    con = wh.connect()
+    try:
+        version = con.execute(queries.load("latest_feature_version"), [encoder]).fetchone()
+        rows = [] if version is None else con.execute(
+            queries.load("features_of_encoder"), [encoder, version[0]]).fetchall()
+    finally:
+        con.close()
+    out = {}
+    for clip_id, _video, vec in rows:
+        v = np.asarray(vec, np.float32)
+        out[clip_id] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return out
 
 
 def text_inputs(tokenizer: Any, texts: Sequence[str], max_text: int
@@ -83,6 +116,20 @@ def text_inputs(tokenizer: Any, texts: Sequence[str], max_text: int
 def video_inputs(token_seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[CLS] [>] v... [SEP]`` ids and mask for sequences of visual tokens."""
     return _pad([[CLS, VSEP, *(visual_id(t) for t in seq), SEP] for seq in token_seqs])
+
+
+def video_features(feat_seqs: Sequence[Sequence[np.ndarray | None]] | None, width: int,
+                   dim: int) -> torch.Tensor | None:
+    """(B, width, dim) clip features at the visual-token positions of :func:`video_inputs`
+    (position 2 + k for clip k), zeros elsewhere and for clips without a feature."""
+    if feat_seqs is None or dim <= 0:
+        return None
+    out = np.zeros((len(feat_seqs), width, dim), np.float32)
+    for i, seq in enumerate(feat_seqs):
+        for k, f in enumerate(seq):
+            if f is not None:
+                out[i, 2 + k] = f
+    return torch.from_numpy(out)
 
 
 def joint_inputs(tokenizer: Any, text: str, candidates: Sequence[Sequence[int]],
@@ -121,15 +168,27 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_text: i
     return np.concatenate(out) if out else np.zeros((0, model.config.proj_dim), np.float32)
 
 
+def _embed_video(model: Any, seqs: Sequence[Sequence[int]],
+                 feats: Sequence[Sequence[np.ndarray | None]] | None,
+                 device: torch.device | str) -> torch.Tensor:
+    ids, mask = video_inputs(seqs)
+    dim = model.config.feature_dim if model.config.feature_input else 0
+    f = video_features(feats, ids.shape[1], dim)
+    return model.embed_video(ids.to(device), mask.to(device),
+                             None if f is None else f.to(device))
+
+
 @torch.no_grad()
 def embed_token_seqs(model: Any, seqs: Sequence[Sequence[int]], *,
+                     feats: Sequence[Sequence[np.ndarray | None]] | None = None,
                      device: torch.device | str = "cpu", batch: int = 512) -> np.ndarray:
-    """(N, proj_dim) unit-length video embeddings of visual-token sequences."""
+    """(N, proj_dim) unit-length video embeddings of visual-token sequences (with their clips'
+    features when the model reads features and ``feats`` is given)."""
     model.eval()
     out = []
     for s in range(0, len(seqs), batch):
-        ids, mask = video_inputs(seqs[s:s + batch])
-        out.append(model.embed_video(ids.to(device), mask.to(device)).float().cpu().numpy())
+        f = None if feats is None else feats[s:s + batch]
+        out.append(_embed_video(model, seqs[s:s + batch], f, device).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.proj_dim), np.float32)
 
 
@@ -152,9 +211,11 @@ def clip_level_set(pairs: Pairs) -> tuple[list[str], list[tuple[int, ...]], list
 def validate(model: Any, tokenizer: Any, pairs: Pairs, cfg: FinetuneConfig,
              device: torch.device | str) -> dict[str, float]:
     """Text -> clip retrieval metrics on a held-out split (exact, pessimistic ties)."""
-    _, seqs, positives = clip_level_set(pairs)
+    clip_ids, seqs, positives = clip_level_set(pairs)
+    feats = (None if pairs.features is None
+             else [[pairs.features.get(c)] for c in clip_ids])
     t = embed_texts(model, tokenizer, pairs.texts, max_text=cfg.max_text, device=device)
-    v = embed_token_seqs(model, seqs, device=device)
+    v = embed_token_seqs(model, seqs, feats=feats, device=device)
     return retrieval_metrics(t @ v.T, positives).as_row()
 
 
@@ -265,9 +326,10 @@ def _step_loss(model: Any, tokenizer: Any, train: Pairs, idx: list[int], cfg: Fi
     ids, mask = text_inputs(tokenizer, [train.texts[i] for i in idx], cfg.max_text)
     t = model.embed_text(ids.to(device), mask.to(device))  # (B, P)
     seqs = [train.tokens[i] for i in idx]
-    vids, vmask = video_inputs(seqs)
-    v = model.embed_video(vids.to(device), vmask.to(device))  # (B, P)
-    same = torch.tensor([[a == b for b in seqs] for a in seqs], device=t.device)  # (B, B)
+    v = _embed_video(model, seqs, train.feature_seqs(idx), device)  # (B, P)
+    # positives: captions of the same clips; without features, of the same visual tokens
+    keys = [train.clip_ids[i] for i in idx] if train.features is not None else seqs
+    same = torch.tensor([[a == b for b in keys] for a in keys], device=t.device)  # (B, B)
     scale = model.logit_scale.clamp(0.0, _MAX_LOGIT_SCALE).exp()
     loss, logits = contrastive_loss(t, v, scale, same)
     if teacher is not None and cfg.distill_weight > 0:

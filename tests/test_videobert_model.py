@@ -211,6 +211,34 @@ def test_embeddings_and_alignment_shapes() -> None:
     assert logits.shape == (3,) and torch.isfinite(logits).all()
 
 
+def test_feature_input_starts_neutral_then_tells_same_token_clips_apart(tmp_path) -> None:
+    from tasks.finetune import video_features, video_inputs
+
+    model = tiny(proj_dim=16)
+    ids, mask = video_inputs([(3,), (3,)])  # two clips with the same visual token
+    before = model.embed_video(ids, mask)
+    assert torch.allclose(before[0], before[1])  # tokens alone cannot tell them apart
+    model.enable_feature_input(FEATURE_DIM, "i3d")
+    model.enable_feature_input(FEATURE_DIM, "i3d")  # idempotent
+    with pytest.raises(ValueError, match="features"):
+        model.enable_feature_input(FEATURE_DIM + 1, "i3d")
+    torch.manual_seed(1)
+    feats = video_features([[torch.randn(FEATURE_DIM).numpy()], [None]], ids.shape[1],
+                           FEATURE_DIM)
+    assert feats.shape == (2, ids.shape[1], FEATURE_DIM)
+    assert feats[0, 2].abs().sum() > 0 and feats[:, [0, 1, 3]].abs().sum() == 0
+    assert torch.allclose(model.embed_video(ids, mask, feats), before, atol=1e-6)  # zero init
+    with torch.no_grad():
+        model.feature_in.weight.normal_(std=0.5)
+    after = model.embed_video(ids, mask, feats)
+    assert not torch.allclose(after[0], after[1], atol=1e-4)
+    assert torch.allclose(after[1], before[1], atol=1e-6)  # no feature: token only
+    path = model.save_pretrained(tmp_path / "ck")
+    again = VideoBert.from_pretrained(path).eval()
+    assert again.config.feature_input and again.config.feature_encoder == "i3d"
+    assert torch.allclose(again.embed_video(ids, mask, feats), after, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- SDPA masking
 def test_padding_does_not_change_real_positions() -> None:
     model = tiny()

@@ -31,6 +31,9 @@ def finetune(
     patience: Annotated[int, typer.Option(help="Early stopping patience (validations)")] = 4,
     distill: Annotated[str | None, typer.Option(help="Teacher to distil from: concepts")]
     = None,
+    features: Annotated[str, typer.Option(
+        help="Clip features added to the visual tokens: an encoder (i3d, clip, concepts) or "
+             "none (visual tokens only)")] = "i3d",
     seed: Annotated[int, typer.Option(help="Seed of the batch order")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
@@ -47,7 +50,7 @@ def finetune(
         summary = finetune_flow(FinetuneParams(
             home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
             eval_every=eval_every, patience=patience, distill=distill, seed=seed,
-            device=device))
+            features=None if features.lower() == "none" else features, device=device))
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:
