@@ -142,7 +142,7 @@ def _eval_rows(home: Path, model_run: str) -> list[tuple]:
     """The test-split evaluation of ``model_run`` and the baselines, without run ids."""
     con = Warehouse(home).connect()
     eval_id = con.execute("SELECT eval_id FROM eval_results WHERE split = 'test' AND model_run = ? "
-                          "ORDER BY "at" DESC LIMIT 1", [model_run]).fetchone()[0]
+                          "ORDER BY \"at\" DESC LIMIT 1", [model_run]).fetchone()[0]
     return con.execute(f"SELECT {EVAL_COLS} FROM eval_results WHERE eval_id = ? AND split = "
                        "'test' ORDER BY ALL", [eval_id]).fetchall()
 
