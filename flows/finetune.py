@@ -35,7 +35,7 @@ class FinetuneParams(BaseModel):
                                  "the newest finished one)")
     steps: int = Field(600, ge=1, description="Maximum optimiser steps")
     batch_size: int = Field(64, ge=2, description="Caption-clip pairs per batch")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate")
     eval_every: int = Field(50, ge=1, description="Validate every N steps")
     patience: int = Field(4, ge=1, description="Early stopping: validations without gain")
     distill: Literal["concepts"] | None = Field(None, description="Distil from a teacher "

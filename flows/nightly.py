@@ -48,7 +48,7 @@ class NightlyParams(BaseModel):
     pretrain_batch_size: int = Field(32, ge=1, description="Pretraining sequences per batch")
     finetune_steps: int = Field(100, ge=1, description="Fine-tuning optimiser steps (maximum)")
     finetune_batch_size: int = Field(64, ge=2, description="Caption-clip pairs per batch")
-    finetune_lr: float = Field(1e-4, gt=0, description="Fine-tuning peak learning rate")
+    finetune_lr: float = Field(3e-4, gt=0, description="Fine-tuning peak learning rate")
     encoders: list[Literal["i3d", "clip", "concepts"]] = Field(
         ["i3d", "concepts"], description="Feature encoders (clip also runs with clip_model)")
     clip_model: str | None = Field(None, description="CLIP weights: a local folder or hub id")

@@ -42,7 +42,7 @@ class FinetuneConfig(BaseModel):
 
     steps: int = Field(600, ge=1, description="Maximum optimiser steps")
     batch_size: int = Field(64, ge=2, description="Pairs per batch (in-batch negatives)")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate")
     warmup: int = Field(30, ge=0, description="Linear warmup steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     eval_every: int = Field(50, ge=1, description="Validate every N steps")

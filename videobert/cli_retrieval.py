@@ -26,7 +26,7 @@ def finetune(
         help="Pretraining run to start from (default: the newest finished one)")] = None,
     steps: Annotated[int, typer.Option(help="Maximum optimiser steps", min=1)] = 600,
     batch_size: Annotated[int, typer.Option(help="Caption-clip pairs per batch", min=2)] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate")] = 3e-4,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps", min=1)] = 50,
     patience: Annotated[int, typer.Option(help="Early stopping patience (validations)")] = 4,
     distill: Annotated[str | None, typer.Option(help="Teacher to distil from: concepts")]
