@@ -55,6 +55,7 @@ class DataConfig:
     p_join: float = 0.3  # probability of joining the next sentence of the same video
     stride: tuple[int, int] = (1, 5)  # video-token subsampling stride, drawn in [lo, hi]
     mask_prob: float = 0.15  # BERT masking rate over non-special positions
+    mlm_on_negatives: bool = False  # also score masked tokens of mismatched joint rows
     batch_size: int = 32
     feature_encoder: str | None = None  # export_corpus's feature_encoder (masked-feature targets)
     contrastive: bool = False  # add ctr_* text/video pairs from the positive joint rows
@@ -366,6 +367,12 @@ class PretrainData:
         vs, vst, vc = p.vstart[rows], p.vstride[rows], p.vcount[rows]
         ids, types, attn, mod, clip = self._layout(tb, tl, kind != TEXT_ONLY, vs, vst, vc)
         pos, labels, is_video = self._mask(rng, ids, mod)
+        if not self.cfg.mlm_on_negatives:
+            # A mismatched row is masked like any other (the alignment head must not see a
+            # difference) but not scored: its words cannot be read from another clip's video,
+            # and scoring them teaches the model to ignore the video (UNITER's recipe).
+            keep = p.align[rows][pos // ids.shape[1]] != 0
+            pos, labels, is_video = pos[keep], labels[keep], is_video[keep]
         out: dict[str, Any] = {
             "input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
             "attention_mask": torch.from_numpy(attn), "mlm_pos": torch.from_numpy(pos),

@@ -169,7 +169,8 @@ def test_resume_yields_the_tail_of_an_uninterrupted_epoch(corpus: Path, tokenize
 
 
 def test_masking_statistics(corpus: Path, tokenizer):
-    cfg = DataConfig(batch_size=64, seed=1, p_video_only=0.5, stride=(1, 2))  # long rows
+    cfg = DataConfig(batch_size=64, seed=1, p_video_only=0.5, stride=(1, 2),  # long rows
+                     mlm_on_negatives=True)  # every masked position scored: rates visible
     data = PretrainData(corpus, tokenizer, cfg)
     batches = [b for e in range(6) for b in data.batches(e)]
     long_cand = long_mask = n_mask = n_masktok = n_random = n_same = 0
@@ -206,6 +207,25 @@ def test_masking_statistics(corpus: Path, tokenizer):
     assert 0.07 < n_random / n_mask < 0.13 and 0.07 < n_same / n_mask < 0.13
     assert sum(b["mlm_is_video"].sum().item() for b in batches) > 300  # both modalities
     assert sum((~b["mlm_is_video"]).sum().item() for b in batches) > 300
+
+
+def test_mismatched_rows_are_masked_but_not_scored(corpus: Path, tokenizer):
+    scored = {}
+    for on_neg in (False, True):
+        data = PretrainData(corpus, tokenizer, DataConfig(batch_size=64, seed=1,
+                                                          mlm_on_negatives=on_neg))
+        neg_masked = neg_scored = pos_scored = 0
+        for b in data.batches(0):
+            row = b["mlm_pos"] // b["input_ids"].shape[1]
+            neg = b["align_labels"] == 0
+            neg_masked += int((b["input_ids"][neg] == MASK).sum())
+            neg_scored += int(neg[row].sum())
+            pos_scored += int((~neg)[row].sum())
+        scored[on_neg] = (neg_masked, neg_scored, pos_scored)
+    (masked_off, neg_off, pos_off), (masked_on, neg_on, pos_on) = scored[False], scored[True]
+    assert masked_off == masked_on > 0  # same masking either way: alignment sees no difference
+    assert neg_off == 0 and neg_on > 0
+    assert pos_off == pos_on > 0
 
 
 def _joint_rows(data: PretrainData, epoch: int):
@@ -250,7 +270,8 @@ def test_joint_examples_pair_text_with_overlapping_clips(corpus: Path, tokenizer
 
 
 def test_negatives_come_from_another_video_or_a_distant_time(corpus: Path, tokenizer):
-    cfg = DataConfig(batch_size=16, seed=5, p_negative=0.5)
+    cfg = DataConfig(batch_size=16, seed=5, p_negative=0.5,
+                     mlm_on_negatives=True)  # _originals restores scored positions only
     data = PretrainData(corpus, tokenizer, cfg)
     c, kinds = data.corpus, {"other": 0, "same": 0}
     n_neg = n_joint = 0
@@ -317,12 +338,14 @@ def test_text_only_and_video_only_rows(corpus: Path, tokenizer):
 def test_splits_are_kept_apart(corpus: Path, tokenizer):
     held_out = set(tokenizer(" ".join(WORDS["val"][0] + WORDS["val"][1] + WORDS["test"][0]
                                       + WORDS["test"][1]), add_special_tokens=False)["input_ids"])
-    train = PretrainData(corpus, tokenizer, DataConfig(batch_size=32, seed=0))
+    train = PretrainData(corpus, tokenizer,
+                         DataConfig(batch_size=32, seed=0, mlm_on_negatives=True))
     for b in train.batches(0):
         ids = set(_originals(b).view(-1).tolist())
         assert not ids & held_out
         assert all(SPLITS[_clip_of(t)[0]] == "train" for t in ids if t >= VIS_OFFSET)
-    val = PretrainData(corpus, tokenizer, DataConfig(batch_size=32, seed=0), split="val")
+    val = PretrainData(corpus, tokenizer, DataConfig(batch_size=32, seed=0, mlm_on_negatives=True),
+                       split="val")
     assert val.corpus.video_ids == [vid(6), vid(7)]
     for b in val.batches(0):
         vis = [_clip_of(t)[0] for t in _originals(b).view(-1).tolist() if t >= VIS_OFFSET]
