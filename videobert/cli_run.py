@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
-from videobert.home import resolve_home
+from videobert.home import local_flow_settings, resolve_home
 
 Cols = ["encoder", "level", "direction", "mode", "r1", "r5", "r10", "mdr", "mnr"]
 
@@ -58,7 +58,8 @@ def run_nightly(
         branching=branching, min_points_per_token=min_points_per_token, recluster=recluster,
         force=force, clip_model=clip_model, device=device)
     try:
-        result = nightly_flow(params)
+        with local_flow_settings():
+            result = nightly_flow(params)
     except (NightlyBusy, WarehouseError, SampleMediaMissing, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:

@@ -5,8 +5,10 @@ Resolution order: an explicit ``--home``, then ``VIDEOBERT_HOME``, then ``./vide
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOME = "videobert-data"
 
@@ -91,3 +93,19 @@ def reap_orphan_prefect_servers(home: Path) -> list[int]:
             except OSError:
                 pass
     return killed
+
+
+def local_flow_settings() -> contextlib.AbstractContextManager[Any]:
+    """Prefect settings for a flow run that this process starts on Prefect's temporary server.
+
+    Prefect joins each flow run's heartbeat thread at exit, which sleeps in 1 s steps: up to
+    1 s per flow and subflow (about 4.5 s of a ``videobert run``, ``bench/orchestration.py``).
+    Nothing watches heartbeats on a temporary server, so they are off there; runs against a
+    configured server (``PREFECT_API_URL``: deployments, workers) keep them for crash detection.
+    Import only after :func:`configure_prefect_env`.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
