@@ -55,7 +55,7 @@ class DataConfig:
     p_join: float = 0.3  # probability of joining the next sentence of the same video
     stride: tuple[int, int] = (1, 5)  # video-token subsampling stride, drawn in [lo, hi]
     mask_prob: float = 0.15  # BERT masking rate over non-special positions
-    mlm_on_negatives: bool = False  # also score masked tokens of mismatched joint rows
+    mlm_on_negatives: bool = True  # score masked tokens of mismatched joint rows too (BERT)
     batch_size: int = 32
     feature_encoder: str | None = None  # export_corpus's feature_encoder (masked-feature targets)
     contrastive: bool = False  # add ctr_* text/video pairs from the positive joint rows
@@ -369,8 +369,9 @@ class PretrainData:
         pos, labels, is_video = self._mask(rng, ids, mod)
         if not self.cfg.mlm_on_negatives:
             # A mismatched row is masked like any other (the alignment head must not see a
-            # difference) but not scored: its words cannot be read from another clip's video,
-            # and scoring them teaches the model to ignore the video (UNITER's recipe).
+            # difference) but not scored: its words cannot be read from another clip's video
+            # (UNITER's recipe; off by default: it made no measurable difference on the
+            # synthetic corpus, see the issue notes).
             keep = p.align[rows][pos // ids.shape[1]] != 0
             pos, labels, is_video = pos[keep], labels[keep], is_video[keep]
         out: dict[str, Any] = {

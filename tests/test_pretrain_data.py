@@ -210,6 +210,7 @@ def test_masking_statistics(corpus: Path, tokenizer):
 
 
 def test_mismatched_rows_are_masked_but_not_scored(corpus: Path, tokenizer):
+    assert DataConfig().mlm_on_negatives  # BERT's default: every masked token is scored
     scored = {}
     for on_neg in (False, True):
         data = PretrainData(corpus, tokenizer, DataConfig(batch_size=64, seed=1,
