@@ -5,6 +5,7 @@ run converges to the uninterrupted run's results (real flows, DuckDB, FAISS, I3D
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -195,3 +196,36 @@ def test_sigkill_mid_run_then_a_new_run_converges(nightly, tmp_path):
     assert again["tokenize"]["codebook"]["codebook_id"] == ref["tokenize"]["codebook"][
         "codebook_id"]
     assert _eval_rows(home, again["live_run"]) == _eval_rows(nightly["home"], ref["live_run"])
+
+
+def test_run_state_skips_only_when_nothing_changed(nightly):
+    """``videobert run``'s no-op fast path: same parameters, same source files and the same
+    live model skip the flow; any change sends the run through the flow."""
+    from tasks import run_state
+
+    home, params = nightly["home"], nightly["params"]
+    options = params.model_dump(mode="json")
+    sources = options["sources"]
+    live = nightly["first"]["live_run"]
+    assert run_state.unchanged(home, options, sources) is None  # nothing recorded yet
+    run_state.save(home, options, sources, live)
+    assert run_state.unchanged(home, options, sources) == live
+    assert run_state.unchanged(home, options | {"pretrain_steps": 21}, sources) is None
+    video = next(Path(sources[0]).rglob("*.mp4"))
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched
+    try:
+        assert run_state.unchanged(home, options, sources) is None
+    finally:
+        os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run_state.unchanged(home, options, sources) == live
+    extra = Path(sources[0]) / "new-notes.srt"  # a new file in a source
+    extra.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    try:
+        assert run_state.unchanged(home, options, sources) is None
+    finally:
+        extra.unlink()
+    state = json.loads((home / run_state.STATE_NAME).read_text())
+    (home / run_state.STATE_NAME).write_text(json.dumps(state | {"live_run": "another-run"}))
+    assert run_state.unchanged(home, options, sources) is None  # the live model moved on
+    (home / run_state.STATE_NAME).unlink()

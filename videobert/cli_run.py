@@ -45,27 +45,43 @@ def run_nightly(
     """Ingest -> tokens -> pretraining -> fine-tuning -> index -> evaluation, with the
     promotion gate: the nightly flow once. Ends with the test-split retrieval table, where the
     report is, and whether the new model went live. A run with no new data skips training."""
+    from tasks import run_state
+
     h = resolve_home(home)
+    options = dict(
+        home=str(h), sources=list(source or []), pretrain_preset=preset,
+        pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, levels=levels,
+        branching=branching, min_points_per_token=min_points_per_token, recluster=recluster,
+        force=force, clip_model=clip_model, device=device)
+    live = None if force or recluster else run_state.unchanged(h, options, options["sources"])
+    if live is not None:  # nothing changed since the last finished run: no Prefect needed
+        result: dict[str, Any] = {
+            "home": str(h), "status": "skipped: no new data", "live_run": live, "ingest": [],
+            "note": f"sources, parameters and live model unchanged since the last run "
+                    f"({run_state.STATE_NAME}); Prefect not started"}
+    else:
+        result = _run_flow(h, options)
+        run_state.save(h, options, options["sources"], result.get("live_run"))
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        return
+    _print_result(result)
+
+
+def _run_flow(h: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The nightly flow on Prefect (temporary server unless one is configured)."""
     start_flow_env(h)
     from flows.nightly import NightlyParams, nightly_flow
     from tasks.nightly import NightlyBusy
     from tasks.samples import SampleMediaMissing
     from warehouse.store import WarehouseError
 
-    params = NightlyParams(
-        home=str(h), sources=list(source or []), pretrain_preset=preset,
-        pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, levels=levels,
-        branching=branching, min_points_per_token=min_points_per_token, recluster=recluster,
-        force=force, clip_model=clip_model, device=device)
     try:
         with local_flow_settings():
-            result = nightly_flow(params)
+            return nightly_flow(NightlyParams(**options))
     except (NightlyBusy, WarehouseError, SampleMediaMissing, ValueError) as e:
         _fail(str(e))
-    if fmt is Fmt.json:
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
-        return
-    _print_result(result)
+        raise  # _fail exits; for type checkers
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -75,6 +91,8 @@ def _print_result(result: dict[str, Any]) -> None:
     if result["status"].startswith("skipped"):
         out.print(f"{result['status']}: {result['live_run']} stays live (training, indexing "
                   "and evaluation skipped)")
+        if result.get("note"):
+            out.print(result["note"])
         return
     ev = result.get("evaluation")
     if ev:

@@ -52,8 +52,7 @@ def _schema_files() -> dict[str, str]:
             for f in folder.iterdir() if f.name.endswith(".sql")}
 
 
-def _table_from_ddl(name: str, ddl: str) -> TableSchema:
-    con = duckdb.connect()
+def _table_from_ddl(con: duckdb.DuckDBPyConnection, name: str, ddl: str) -> TableSchema:
     con.execute(ddl)
     rows = con.execute(
         "SELECT column_name, data_type, comment, NOT is_nullable FROM duckdb_columns() "
@@ -70,7 +69,6 @@ def _table_from_ddl(name: str, ddl: str) -> TableSchema:
         "WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'", [name]).fetchall()
     key_row = keys[0] if keys else None
     arrow = con.sql(f'SELECT * FROM "{name}" LIMIT 0').to_arrow_table().schema
-    con.close()
     return TableSchema(
         name=name, comment=comment,
         columns=tuple(Column(r[0], r[1], r[2], bool(r[3])) for r in rows),
@@ -80,7 +78,12 @@ def _table_from_ddl(name: str, ddl: str) -> TableSchema:
 @functools.cache
 def tables() -> dict[str, TableSchema]:
     """All table schemas by name (cached)."""
-    return {name: _table_from_ddl(name, ddl) for name, ddl in sorted(_schema_files().items())}
+    con = duckdb.connect()  # one in-memory database for all of them: ~0.03 s per connection
+    try:
+        return {name: _table_from_ddl(con, name, ddl)
+                for name, ddl in sorted(_schema_files().items())}
+    finally:
+        con.close()
 
 
 def table(name: str) -> TableSchema:
