@@ -56,6 +56,7 @@ class DataConfig:
     stride: tuple[int, int] = (1, 5)  # video-token subsampling stride, drawn in [lo, hi]
     mask_prob: float = 0.15  # BERT masking rate over non-special positions
     mlm_on_negatives: bool = True  # score masked tokens of mismatched joint rows too (BERT)
+    mask_weighting: str = "uniform"  # "idf": rarer words are likelier to be masked
     batch_size: int = 32
     feature_encoder: str | None = None  # export_corpus's feature_encoder (masked-feature targets)
     contrastive: bool = False  # add ctr_* text/video pairs from the positive joint rows
@@ -76,6 +77,8 @@ class DataConfig:
         if min(self.max_text, self.max_video, self.batch_size, self.bucket_batches) < 1:
             raise ValueError(f"max_text, max_video, batch_size and bucket_batches must be "
                              f">= 1: {self}")
+        if self.mask_weighting not in ("uniform", "idf"):
+            raise ValueError(f"mask_weighting={self.mask_weighting!r}: 'uniform' or 'idf'")
         if self.max_seq < 5:
             raise ValueError(f"max_seq={self.max_seq!r} cannot hold [CLS] text [>] video [SEP]")
 
@@ -171,6 +174,19 @@ class PretrainData:
         self._win_start = first + k * self.cfg.max_video
         self.counts = self._counts()
         self._cached: tuple[int, EpochPlan] | None = None
+        self._idf = self._token_idf() if self.cfg.mask_weighting == "idf" else None
+        self._video_w = float(self._idf[c.tok].mean()) if self._idf is not None and len(
+            c.tok) else 1.0
+
+    def _token_idf(self) -> np.ndarray:
+        """(TEXT_VOCAB,) idf of each WordPiece over this split's segments, floored at 0.25
+        (words in every caption keep a small chance to be masked)."""
+        c = self.corpus
+        seg = np.repeat(np.arange(len(self._ntok)), self._ntok)
+        pairs = np.unique(seg.astype(np.int64) * TEXT_VOCAB + c.tok[:len(seg)])
+        df = np.bincount(pairs % TEXT_VOCAB, minlength=TEXT_VOCAB)
+        idf = np.log(max(len(self._ntok), 1) / np.maximum(df, 1)).astype(np.float64)
+        return np.maximum(idf, 0.25)
 
     def _counts(self) -> dict[str, int]:
         cfg, n_joint = self.cfg, len(self._joint_cand)
@@ -437,7 +453,12 @@ class PretrainData:
         n = cand.sum(1)
         k = np.floor(self.cfg.mask_prob * n + rng.random(len(n))).astype(np.int64)
         k = np.where(n > 0, np.clip(k, 1, np.maximum(n, 1)), 0)
-        keys = np.where(cand, rng.random(ids.shape), 2.0)
+        u = rng.random(ids.shape)
+        if self._idf is None:
+            keys = np.where(cand, u, 2.0)
+        else:  # weighted draw without replacement (exponential race); video: the mean weight
+            w = np.where(mod == 1, self._idf[np.minimum(ids, TEXT_VOCAB - 1)], self._video_w)
+            keys = np.where(cand, -np.log1p(-u) / w, np.inf)
         rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
         pos = np.flatnonzero(rank < k[:, None])
         flat = ids.reshape(-1)

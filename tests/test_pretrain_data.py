@@ -209,6 +209,37 @@ def test_masking_statistics(corpus: Path, tokenizer):
     assert sum((~b["mlm_is_video"]).sum().item() for b in batches) > 300
 
 
+def test_idf_weighting_masks_rare_words_more_often(corpus: Path, tokenizer):
+    ratios = {}
+    for weighting in ("uniform", "idf"):
+        cfg = DataConfig(batch_size=64, seed=3, mask_weighting=weighting,
+                         mlm_on_negatives=True)
+        data = PretrainData(corpus, tokenizer, cfg)
+        idf = PretrainData(corpus, tokenizer, DataConfig(mask_weighting="idf"))._idf
+        seen: dict[int, int] = {}
+        masked: dict[int, int] = {}
+        n_pos = n_mask = 0
+        for b in (b for e in range(4) for b in data.batches(e)):
+            orig = _originals(b)
+            text = (orig >= 999) & (orig < TEXT_VOCAB)
+            for t in orig[text].tolist():
+                seen[t] = seen.get(t, 0) + 1
+            labels = b["mlm_labels"][~b["mlm_is_video"]].tolist()
+            for t in labels:
+                masked[t] = masked.get(t, 0) + 1
+            n_pos += int(((orig != PAD) & (orig != CLS) & (orig != SEP) & (orig != VSEP)).sum())
+            n_mask += len(b["mlm_pos"])
+        assert 0.13 < n_mask / n_pos < 0.19  # the same number of masks per row either way
+        toks = sorted(seen, key=lambda t: idf[t])
+        q = len(toks) // 4
+        rare, common = toks[-q:], toks[:q]
+        rate_rare = sum(masked.get(t, 0) for t in rare) / sum(seen[t] for t in rare)
+        rate_common = sum(masked.get(t, 0) for t in common) / sum(seen[t] for t in common)
+        ratios[weighting] = rate_rare / rate_common
+    assert 0.7 < ratios["uniform"] < 1.4, ratios
+    assert ratios["idf"] > 1.5 * ratios["uniform"], ratios
+
+
 def test_mismatched_rows_are_masked_but_not_scored(corpus: Path, tokenizer):
     assert DataConfig().mlm_on_negatives  # BERT's default: every masked token is scored
     scored = {}
