@@ -97,10 +97,11 @@ def _gate_eval(home: Path, wh: Warehouse, p: NightlyParams, run: str) -> float |
 
     if not _has_queries(wh, p.gate_split):
         return None
-    try:
-        ev = evaluate_flow(EvaluateParams(home=str(home), split=p.gate_split, model_run=run,
-                                          encoders=["videobert"], rerank=False,
-                                          device=p.device))
+    try:  # a step of the gate, not a stage: the flow's body runs in this flow run (its
+        # task runs and rows as usual), which spares a subflow run's bookkeeping per model
+        ev = evaluate_flow.fn(EvaluateParams(home=str(home), split=p.gate_split, model_run=run,
+                                             encoders=["videobert"], rerank=False,
+                                             device=p.device))
     except (ValueError, LookupError) as e:  # e.g. the run's codebook lacks the new clips
         get_run_logger().warning("gate: %s cannot be evaluated on %s: %s", run, p.gate_split, e)
         return None
