@@ -63,6 +63,9 @@ class PretrainParams(BaseModel):
     warmup: int | None = Field(None, ge=0, description="Warmup steps (default: 10% of steps, "
                                "at most 1000)")
     max_seq: int = Field(128, ge=8, le=512, description="Longest sequence, specials included")
+    positive_share: float = Field(0.5, ge=0, le=1, description="Share of the first steps "
+                                  "trained on matched text-video pairs only (cross-modal "
+                                  "warm-up; 0: the full mix from the start)")
     seed: int = Field(0, description="Seed of init, dropout, data order and masking")
     codebook: str | None = Field(None, description="Codebook id (default: the newest one "
                                  "with visual tokens)")
@@ -142,7 +145,8 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
                         deterministic=p.deterministic)
     job = TrainJob(model_run=model_run, run_dir=str(home / "models" / model_run),
                    corpus_path="", preset=preset, init_from=init_from,
-                   data={"batch_size": p.batch_size, "max_seq": p.max_seq, "seed": p.seed},
+                   data={"batch_size": p.batch_size, "max_seq": p.max_seq, "seed": p.seed,
+                         "positive_batches": round(p.positive_share * p.steps * p.accum)},
                    train=train, home=str(home), progress=p.progress)
     return RunPlan(job, codebook, p.continue_from, utcnow(), resumed=False)
 

@@ -57,6 +57,8 @@ class DataConfig:
     mask_prob: float = 0.15  # BERT masking rate over non-special positions
     mlm_on_negatives: bool = True  # score masked tokens of mismatched joint rows too (BERT)
     mask_weighting: str = "uniform"  # "idf": rarer words are likelier to be masked
+    positive_batches: int = 0  # cross-modal warm-up: at least this many first train batches
+    # hold matched joint rows only, rounded up to whole epochs (PretrainData.warmup)
     batch_size: int = 32
     feature_encoder: str | None = None  # export_corpus's feature_encoder (masked-feature targets)
     contrastive: bool = False  # add ctr_* text/video pairs from the positive joint rows
@@ -74,6 +76,8 @@ class DataConfig:
                              f"{self.p_text_only + self.p_video_only!r} leaves no joint examples")
         if not 1 <= self.stride[0] <= self.stride[1]:
             raise ValueError(f"stride={self.stride!r} must be (lo, hi) with 1 <= lo <= hi")
+        if self.positive_batches < 0:
+            raise ValueError(f"positive_batches must be >= 0, got {self.positive_batches}")
         if min(self.max_text, self.max_video, self.batch_size, self.bucket_batches) < 1:
             raise ValueError(f"max_text, max_video, batch_size and bucket_batches must be "
                              f">= 1: {self}")
@@ -175,6 +179,9 @@ class PretrainData:
         self.counts = self._counts()
         self._cached: tuple[int, EpochPlan] | None = None
         self._idf = self._token_idf() if self.cfg.mask_weighting == "idf" else None
+        joint_batches = -(-self.counts["joint"] // self.cfg.batch_size)
+        self.warmup_epochs = (-(-self.cfg.positive_batches // joint_batches)
+                              if joint_batches and split == "train" else 0)
         self._video_w = float(self._idf[c.tok].mean()) if self._idf is not None and len(
             c.tok) else 1.0
 
@@ -206,9 +213,19 @@ class PretrainData:
         hi = np.searchsorted(self._start_key, vid * self._width + t1, side="left")
         return lo, np.maximum(hi, lo)
 
+    def warmup(self, epoch: int) -> bool:
+        """Whether ``epoch`` is a cross-modal warm-up epoch (train split only): every example
+        is a matched joint row, with no negatives and no text-only or video-only rows. With
+        those in the mix from the start, masked words the visual tokens could fill are a sliver
+        of the gradient and the model settles into reading text alone (synthetic corpus: the
+        masked object is predicted equally well with the true video, another clip's or none);
+        after warm-up epochs it reads the video (``DataConfig.positive_batches``)."""
+        return self.split == "train" and epoch < self.warmup_epochs
+
     def num_batches(self, epoch: int = 0) -> int:
-        """Batches in ``epoch`` (the same for every epoch)."""
-        return -(-sum(self.counts.values()) // self.cfg.batch_size)
+        """Batches in ``epoch`` (warm-up epochs have the joint rows only)."""
+        n = self.counts["joint"] if self.warmup(epoch) else sum(self.counts.values())
+        return -(-n // self.cfg.batch_size)
 
     def summary(self) -> dict[str, Any]:
         """Videos, clips, segments and examples per kind of this split (negatives: epoch 0)."""
@@ -237,7 +254,9 @@ class PretrainData:
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
         rng = np.random.default_rng([self.cfg.seed, epoch, _PLAN_TAG])
-        parts = [self._plan_joint(rng), self._plan_text(rng), self._plan_video(rng)]
+        warm = self.warmup(epoch)
+        parts = [self._plan_joint(rng, warm), self._plan_text(rng, warm),
+                 self._plan_video(rng, warm)]
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         plan = EpochPlan(**cols, order=np.zeros(0, np.int64), bounds=np.zeros(1, np.int64))
         plan.order, plan.bounds = self._bucket(rng, plan.length)
@@ -272,12 +291,12 @@ class PretrainData:
         return vlo + phase + k0 * stride, stride, np.minimum(count, cap)
 
     def _negatives(self, rng: np.random.Generator, v: np.ndarray, lo: np.ndarray,
-                   hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   hi: np.ndarray, p_negative: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first clip, clip span, label): a share p_negative moved to another video or to a
         time at least neg_min_gap clips away in the same video."""
         c, g, n = self.corpus, self.cfg.neg_min_gap, len(v)
         span = hi - lo
-        neg = rng.random(n) < self.cfg.p_negative
+        neg = rng.random(n) < p_negative
         vs, ve = c.clip_off[v], c.clip_off[v + 1]
         left = np.maximum(0, lo - g - span - vs + 1)  # window starts in [vs, lo-g-span]
         right = np.maximum(0, ve - span - hi - g + 1)  # window starts in [hi+g, ve-span]
@@ -296,21 +315,23 @@ class PretrainData:
         vlo = np.where(neg, np.where(use_other, o_lo, same_lo), lo)
         return vlo, np.where(neg & use_other, o_span, span), np.where(neg, 0, 1)
 
-    def _plan_joint(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _plan_joint(self, rng: np.random.Generator, warm: bool) -> dict[str, np.ndarray]:
         c, cfg, seg = self.corpus, self.cfg, self._joint_cand
         joined, tl = self._text(rng, seg, min(cfg.max_text, cfg.max_seq - 4))
         nxt = np.minimum(seg + 1, len(c.seg_end) - 1)
         t1 = np.where(joined, np.maximum(c.seg_end[seg], c.seg_end[nxt]), c.seg_end[seg])
         v = c.seg_video[seg]
         lo, hi = self._overlap(v, c.seg_start[seg], t1)
-        vlo, span, label = self._negatives(rng, v, lo, hi)
+        vlo, span, label = self._negatives(rng, v, lo, hi, 0.0 if warm else cfg.p_negative)
         cap = np.minimum(cfg.max_video, cfg.max_seq - 3 - tl)
         start, stride, count = self._subsample(rng, vlo, span, cap, extend=False)
+        if warm:  # no alignment term on positives only: it would learn to always say "match"
+            label = np.full(len(seg), IGNORE)
         return {"kind": np.full(len(seg), JOINT), "seg": seg, "joined": joined, "text_len": tl,
                 "vstart": start, "vstride": stride, "vcount": count, "align": label}
 
-    def _plan_text(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        n = self.counts["text_only"]
+    def _plan_text(self, rng: np.random.Generator, warm: bool) -> dict[str, np.ndarray]:
+        n = 0 if warm else self.counts["text_only"]
         seg = self._text_cand[_draw(rng, len(self._text_cand), n)]
         joined, tl = self._text(rng, seg, min(self.cfg.max_text, self.cfg.max_seq - 2))
         zero = np.zeros(n, np.int64)
@@ -318,8 +339,8 @@ class PretrainData:
                 "vstart": zero - 1, "vstride": zero + 1, "vcount": zero,
                 "align": zero + IGNORE}
 
-    def _plan_video(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        c, n = self.corpus, self.counts["video_only"]
+    def _plan_video(self, rng: np.random.Generator, warm: bool) -> dict[str, np.ndarray]:
+        c, n = self.corpus, 0 if warm else self.counts["video_only"]
         w = self._win_start[_draw(rng, len(self._win_start), n)]
         avail = c.clip_off[c.clip_video[w] + 1] - w
         cap = min(self.cfg.max_video, self.cfg.max_seq - 3)

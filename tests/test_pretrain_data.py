@@ -240,6 +240,35 @@ def test_idf_weighting_masks_rare_words_more_often(corpus: Path, tokenizer):
     assert ratios["idf"] > 1.5 * ratios["uniform"], ratios
 
 
+def test_warmup_batches_hold_matched_joint_rows_only(corpus: Path, tokenizer):
+    probe = PretrainData(corpus, tokenizer, DataConfig(batch_size=8, seed=4))
+    per_epoch = -(-probe.counts["joint"] // 8)
+    cfg = DataConfig(batch_size=8, seed=4, positive_batches=per_epoch + 1)  # -> 2 epochs
+    train = PretrainData(corpus, tokenizer, cfg)
+    assert train.warmup_epochs == 2
+    full = PretrainData(corpus, tokenizer, DataConfig(batch_size=8, seed=4))
+    for epoch in range(3):
+        batches = list(train.batches(epoch))
+        assert len(batches) == train.num_batches(epoch)
+        labels = torch.cat([b["align_labels"] for b in batches])
+        if epoch < 2:  # warm-up: every row a matched text-video pair, no alignment term
+            assert labels.tolist() == [IGNORE] * train.counts["joint"]
+            assert all((b["token_type_ids"] == 1).any(1).all() for b in batches)
+            plan = train.plan(epoch)
+            assert (plan.kind == JOINT).all()
+            vids = train.corpus.clip_video[plan.vstart]  # the clips of the text's own video
+            assert (vids == train.corpus.seg_video[plan.seg]).all()
+        else:  # then the full mixture, exactly as without warm-up
+            assert (labels == 0).any() and (labels == IGNORE).any()
+            ref = list(full.batches(epoch))
+            assert all(_same(a, b) for a, b in zip(batches, ref, strict=True))
+    val = PretrainData(corpus, tokenizer, cfg, split="val")  # held-out data is never warm-up
+    assert not val.warmup(0) and val.num_batches(0) == PretrainData(
+        corpus, tokenizer, DataConfig(batch_size=8, seed=4), split="val").num_batches(0)
+    with pytest.raises(ValueError, match="positive_batches"):
+        DataConfig(positive_batches=-1)
+
+
 def test_mismatched_rows_are_masked_but_not_scored(corpus: Path, tokenizer):
     assert DataConfig().mlm_on_negatives  # BERT's default: every masked token is scored
     scored = {}

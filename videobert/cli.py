@@ -389,6 +389,8 @@ def pretrain(
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps", min=1)] = 100,
     ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps", min=1)] = 100,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
+    positive_share: Annotated[float, typer.Option(
+        help="Share of the first steps on matched text-video pairs only", min=0, max=1)] = 0.5,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
     home: HomeOpt = None,
 ) -> None:
@@ -404,7 +406,7 @@ def pretrain(
             home=str(h), preset=preset, steps=steps, resume=resume, batch_size=batch_size,
             lr=lr, seed=seed, device=device, compile=compile_, codebook=codebook,
             continue_from=continue_from, eval_every=eval_every, ckpt_every=ckpt_every,
-            threads=threads, progress=sys.stderr.isatty())
+            threads=threads, positive_share=positive_share, progress=sys.stderr.isatty())
         summary = pretrain_flow(params)
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
