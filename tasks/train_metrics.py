@@ -33,12 +33,13 @@ class MetricSums:
         """Add one micro-batch: its total ``loss`` and the model's detached metrics."""
         one = torch.ones((), device=loss.device)
         items = {"loss": loss.detach(), "batches": one, **metrics}
-        for k, v in list(items.items()):
+        for k, v in metrics.items():
             if k.startswith("loss_"):  # weight by the objective's count in this batch
                 n = metrics.get(f"n_{k[5:]}")
-                items[k] = v * n if n is not None else v
-                if n is None:
+                if n is None:  # no count: averaged over the batches that had the term
                     items[f"batches_{k}"] = one
+                else:
+                    items[k] = v * n
         for k, v in items.items():
             v = v.detach().to(self.device, torch.float64)
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()

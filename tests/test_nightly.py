@@ -207,25 +207,25 @@ def test_run_state_skips_only_when_nothing_changed(nightly):
     options = params.model_dump(mode="json")
     sources = options["sources"]
     live = nightly["first"]["live_run"]
-    assert run_state.unchanged(home, options, sources) is None  # nothing recorded yet
-    run_state.save(home, options, sources, live)
-    assert run_state.unchanged(home, options, sources) == live
-    assert run_state.unchanged(home, options | {"pretrain_steps": 21}, sources) is None
+    assert run_state.unchanged(home, options) is None  # nothing recorded yet
+    run_state.save(home, options, live)
+    assert run_state.unchanged(home, options) == live
+    assert run_state.unchanged(home, options | {"pretrain_steps": 21}) is None
     video = next(Path(sources[0]).rglob("*.mp4"))
     st = video.stat()
     os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched
     try:
-        assert run_state.unchanged(home, options, sources) is None
+        assert run_state.unchanged(home, options) is None
     finally:
         os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert run_state.unchanged(home, options, sources) == live
+    assert run_state.unchanged(home, options) == live
     extra = Path(sources[0]) / "new-notes.srt"  # a new file in a source
     extra.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
     try:
-        assert run_state.unchanged(home, options, sources) is None
+        assert run_state.unchanged(home, options) is None
     finally:
         extra.unlink()
     state = json.loads((home / run_state.STATE_NAME).read_text())
     (home / run_state.STATE_NAME).write_text(json.dumps(state | {"live_run": "another-run"}))
-    assert run_state.unchanged(home, options, sources) is None  # the live model moved on
+    assert run_state.unchanged(home, options) is None  # the live model moved on
     (home / run_state.STATE_NAME).unlink()

@@ -211,11 +211,11 @@ def test_masking_statistics(corpus: Path, tokenizer):
 
 def test_idf_weighting_masks_rare_words_more_often(corpus: Path, tokenizer):
     ratios = {}
+    idf = PretrainData(corpus, tokenizer, DataConfig(mask_weighting="idf"))._idf
     for weighting in ("uniform", "idf"):
         cfg = DataConfig(batch_size=64, seed=3, mask_weighting=weighting,
                          mlm_on_negatives=True)
         data = PretrainData(corpus, tokenizer, cfg)
-        idf = PretrainData(corpus, tokenizer, DataConfig(mask_weighting="idf"))._idf
         seen: dict[int, int] = {}
         masked: dict[int, int] = {}
         n_pos = n_mask = 0

@@ -11,7 +11,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -67,7 +67,7 @@ def main_callback(
     """videobert: ingest -> visual tokens -> VideoBERT -> retrieval, as Prefect flows."""
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -223,9 +223,9 @@ def ingest(
     h = resolve_home(home)
     _check_asr(asr)
     if source is None:
-        from tasks.samples import build_sample_corpus
+        from tasks.samples import build_sample_corpus, sample_corpus_dir
 
-        source = build_sample_corpus(h / "samples" / "real").root
+        source = build_sample_corpus(sample_corpus_dir(h)).root
         err.print(f"no path given: ingesting the built-in sample corpus in {source}")
     if not source.exists():
         _fail(f"{source} does not exist")

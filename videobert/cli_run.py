@@ -53,7 +53,7 @@ def run_nightly(
         pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, levels=levels,
         branching=branching, min_points_per_token=min_points_per_token, recluster=recluster,
         force=force, clip_model=clip_model, device=device)
-    live = None if force or recluster else run_state.unchanged(h, options, options["sources"])
+    live = None if force or recluster else run_state.unchanged(h, options)
     if live is not None:  # nothing changed since the last finished run: no Prefect needed
         result: dict[str, Any] = {
             "home": str(h), "status": "skipped: no new data", "live_run": live, "ingest": [],
@@ -61,7 +61,7 @@ def run_nightly(
                     f"({run_state.STATE_NAME}); Prefect not started"}
     else:
         result = _run_flow(h, options)
-        run_state.save(h, options, options["sources"], result.get("live_run"))
+        run_state.save(h, options, result.get("live_run"))
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
         return
@@ -81,7 +81,6 @@ def _run_flow(h: Any, options: dict[str, Any]) -> dict[str, Any]:
             return nightly_flow(NightlyParams(**options))
     except (NightlyBusy, WarehouseError, SampleMediaMissing, ValueError) as e:
         _fail(str(e))
-        raise  # _fail exits; for type checkers
 
 
 def _print_result(result: dict[str, Any]) -> None:
