@@ -47,6 +47,7 @@ def _record_commands(source: Path, work: Path, workers: int) -> tuple[list[list[
     import tasks.media as media
     import tasks.media_validate as mv
     from flows.ingest import IngestParams, ingest_flow
+    from videobert.home import local_flow_settings
     from warehouse.store import Warehouse
 
     recorded: list[list[str]] = []
@@ -59,7 +60,8 @@ def _record_commands(source: Path, work: Path, workers: int) -> tuple[list[list[
     mv.run_tool = media.run_tool = recording
     try:
         home = work / "record-home"
-        ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers,
+        with local_flow_settings():
+            ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers,
                                      validation=VALIDATION))
     finally:
         mv.run_tool = media.run_tool = real
@@ -82,11 +84,13 @@ def _bare(commands: list[list[str]], workers: int) -> float:
 
 def _ours(source: Path, work: Path, workers: int, i: int) -> float:
     from flows.ingest import IngestParams, ingest_flow
+    from videobert.home import local_flow_settings
 
     home = work / f"home-{i}"
     t0 = time.perf_counter()
-    ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers,
-                                     validation=VALIDATION))
+    with local_flow_settings():
+        ingest_flow(IngestParams(source=str(source), home=str(home), workers=workers,
+                                 validation=VALIDATION))
     dt = time.perf_counter() - t0
     shutil.rmtree(home)
     return dt

@@ -18,7 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from videobert import __version__
-from videobert.home import configure_prefect_env, reap_orphan_prefect_servers, resolve_home
+from videobert.home import (
+    configure_prefect_env,
+    local_flow_settings,
+    reap_orphan_prefect_servers,
+    resolve_home,
+)
 
 app = typer.Typer(
     name="videobert", no_args_is_help=True, rich_markup_mode="rich", add_completion=False,
@@ -248,7 +253,8 @@ def ingest(
     from warehouse.store import WarehouseError
 
     try:
-        summary = flow_run(IngestParams(**params))
+        with local_flow_settings():
+            summary = flow_run(IngestParams(**params))
     except (WarehouseError, ValueError, AsrUnavailable) as e:  # ValidationError: a ValueError
         _fail(str(e))
     if fmt is Fmt.json:
@@ -352,7 +358,8 @@ def tokenize(
     if encoder:
         params["encoders"] = encoder
     try:
-        summary = flow_run(TokenizeParams(**params))
+        with local_flow_settings():
+            summary = flow_run(TokenizeParams(**params))
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:

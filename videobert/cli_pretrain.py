@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
-from videobert.home import resolve_home
+from videobert.home import local_flow_settings, resolve_home
 
 
 @app.command()
@@ -55,7 +55,8 @@ def pretrain(
             lr=lr, seed=seed, device=device, compile=compile_, codebook=codebook,
             continue_from=continue_from, eval_every=eval_every, ckpt_every=ckpt_every,
             threads=threads, positive_share=positive_share, progress=sys.stderr.isatty())
-        summary = pretrain_flow(params)
+        with local_flow_settings():
+            summary = pretrain_flow(params)
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
-from videobert.home import resolve_home
+from videobert.home import local_flow_settings, resolve_home
 
 MetricCols = ["encoder", "level", "direction", "mode", "r1", "r5", "r10", "mdr", "mnr"]
 
@@ -47,10 +47,11 @@ def finetune(
     from warehouse.store import WarehouseError
 
     try:
-        summary = finetune_flow(FinetuneParams(
-            home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
-            eval_every=eval_every, patience=patience, distill=distill, seed=seed,
-            features=None if features.lower() == "none" else features, device=device))
+        with local_flow_settings():
+            summary = finetune_flow(FinetuneParams(
+                home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
+                eval_every=eval_every, patience=patience, distill=distill, seed=seed,
+                features=None if features.lower() == "none" else features, device=device))
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:
@@ -88,7 +89,8 @@ def index(
     if encoder:
         params["encoders"] = encoder
     try:
-        summary = index_flow(IndexParams(**params))
+        with local_flow_settings():
+            summary = index_flow(IndexParams(**params))
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:
@@ -119,8 +121,9 @@ def evaluate(
     from warehouse.store import WarehouseError
 
     try:
-        summary = evaluate_flow(EvaluateParams(home=str(h), split=split, model_run=model_run,
-                                               rerank=rerank, device=device))
+        with local_flow_settings():
+            summary = evaluate_flow(EvaluateParams(
+                home=str(h), split=split, model_run=model_run, rerank=rerank, device=device))
     except (WarehouseError, ValueError, LookupError) as e:
         _fail(str(e))
     rows = [tuple(_fmt(r[c]) for c in MetricCols) for r in summary["rows"]]
