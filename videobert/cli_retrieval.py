@@ -160,7 +160,8 @@ def search(
     h = resolve_home(home)
     try:
         t0 = time.perf_counter()
-        s = open_searcher(Path(h), encoder, model_run=model_run, clip_model=clip_model)
+        s = open_searcher(Path(h), encoder, model_run=model_run, clip_model=clip_model,
+                          rerank=rerank)
         t1 = time.perf_counter()
         hits = run_search(Path(h), s, query, k, rerank=rerank)
         t2 = time.perf_counter()
