@@ -194,7 +194,7 @@ def test_search_ranks_equal_the_brute_force_ranking(trained):
         SELECT e.item_id, array_cosine_similarity(e.vector::FLOAT[{d}], q.v) AS s
         FROM embeddings e, q WHERE e.encoder = 'videobert' AND e.model_run = ?
         AND e.kind = 'clip' ORDER BY s DESC, e.item_id LIMIT 5""", [run, seg_id, run]).fetchall()
-    assert [round(h["score"], 4) for h in hits] == [round(b[1], 4) for b in brute]
+    assert [h["score"] for h in hits] == pytest.approx([b[1] for b in brute], abs=1e-4)
     assert {h["clip_id"] for h in hits if h["score"] > brute[-1][1] + 1e-5} <= {
         b[0] for b in brute}
     for h in hits:
@@ -227,8 +227,9 @@ def test_search_finds_the_right_clip_for_test_split_captions(trained):
     in_top10 = sum(r <= 10 for r in ranks) / len(ranks)
     print(f"test-split captions: rank of the right clip among {n_clips} (11 = not in the top "
           f"10): {ranks}; in top 10: {in_top10:.0%}; median {float(np.median(ranks))}")
-    assert in_top10 >= 0.75, ranks
-    assert float(np.median(ranks)) <= 5, ranks
+    # measured: 80% in the top 10, median rank 4 (random ranking: 5%, median ~100)
+    assert in_top10 >= 0.6, ranks
+    assert float(np.median(ranks)) <= 6, ranks
 
 
 def test_search_on_cpu_embeds_queries_without_torch(trained):
@@ -261,6 +262,45 @@ def test_search_on_cpu_embeds_queries_without_torch(trained):
     assert out["encoder"] == "videobert" and out["n"] == 3
     assert out["torch"] is False
     assert np.abs(np.asarray(out["q"], np.float32) - stored).max() < 1e-5
+
+
+def test_search_answers_while_a_flow_holds_the_writer(trained):
+    """Search reads only published files: it answers while another process is writing."""
+    wh = Warehouse(trained["home"])
+    with wh.writer(purpose="test: a flow writing"):
+        hits = _search(trained["home"], "a cat slides left", "-k", "3")
+        assert [h["rank"] for h in hits] == [1, 2, 3]
+
+
+def test_distillation_from_the_concepts_teacher(trained, tmp_path):
+    """--distill concepts trains against the teacher's in-batch distribution: the KL term is
+    0 when the student's logits equal the teacher's, positive otherwise, and a distilled run
+    (same seed) ends with other weights than the plain one."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from flows.finetune import FinetuneParams, finetune_flow
+    from tasks.finetune import distill_loss
+
+    tt, tv = torch.nn.functional.normalize(torch.randn(2, 6, 8), dim=-1)
+    same = (tt @ tv.T) / 0.05
+    assert float(distill_loss(same, tt, tv)) == pytest.approx(0.0, abs=1e-5)
+    assert float(distill_loss(torch.zeros(6, 6), tt, tv)) > 0.1
+    import shutil
+
+    home = tmp_path / "home"  # a copy: new fine-tune runs would change the live model
+    shutil.copytree(trained["home"], home, ignore=shutil.ignore_patterns("prefect"))
+    runs = {}
+    for distill in (None, "concepts"):
+        runs[distill] = finetune_flow(FinetuneParams(home=str(home), steps=10, eval_every=10,
+                                                     distill=distill, seed=1, device="cpu"))
+    con = _con(home)
+    cfg = json.loads(con.execute("SELECT config_json FROM model_runs WHERE model_run = ?",
+                                 [runs["concepts"]["model_run"]]).fetchone()[0])
+    assert "concepts" in json.dumps(cfg)
+    a, b = (load_file(str(Path(runs[d]["checkpoint"]) / "model.safetensors"))
+            for d in (None, "concepts"))
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_search_with_the_concepts_baseline(trained):

@@ -190,6 +190,21 @@ def test_readers_never_see_a_lock_while_writing(home: Path):
     assert con.sql("SELECT count(*) FROM videos").fetchall() == [(26,)]
 
 
+def test_a_moved_home_reads_its_own_files(home: Path, tmp_path: Path):
+    """The catalog names parts by absolute path: after moving the home, readers get views
+    over the new location's parts, not the old (now missing) files."""
+    import shutil
+
+    wh = Warehouse(home)
+    with wh.writer() as w:
+        w.commit([w.stage("videos", [_video()])])
+    assert wh.connect_catalog().sql("SELECT count(*) FROM videos").fetchall() == [(1,)]
+    moved = tmp_path / "moved-home"
+    shutil.move(str(home), moved)
+    con = Warehouse(moved).connect_catalog()
+    assert con.sql("SELECT video_id FROM videos").fetchall() == [(VID,)]
+
+
 def test_checks_find_violations(home: Path):
     wh = Warehouse(home)
     with wh.writer() as w:

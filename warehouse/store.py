@@ -141,7 +141,11 @@ class Warehouse:
         return con
 
     def connect_catalog(self) -> duckdb.DuckDBPyConnection:
-        """Open the published catalog read-only (what ``videobert sql`` uses).
+        """Open the published catalog read-only (what ``videobert sql`` and search use).
+
+        The catalog's views name their Parquet parts by absolute path; a data home that was
+        moved or copied since the last publish gets :meth:`connect` instead (views over this
+        home's committed parts), never the old location's files.
 
         Raises:
             WarehouseError: when nothing has been published in this data home yet.
@@ -150,7 +154,16 @@ class Warehouse:
             raise WarehouseError(
                 f"no warehouse in {self.home}: run `videobert ingest PATH` (or `videobert run`) "
                 "first, or pass --home / set VIDEOBERT_HOME to your data home")
-        return duckdb.connect(str(self.catalog_path), read_only=True)
+        con = duckdb.connect(str(self.catalog_path), read_only=True)
+        try:
+            rows = con.execute("SELECT home FROM warehouse_info").fetchall()
+        except duckdb.Error:
+            rows = []
+        home = rows[0][0] if rows else None
+        if home == str(self.home):
+            return con
+        con.close()
+        return self.connect()
 
     @contextlib.contextmanager
     def writer(self, wait_s: float = 0.0, purpose: str = "") -> Iterator[Writer]:
