@@ -38,29 +38,49 @@ class FinetuneParams(BaseModel):
     lr: float = Field(3e-4, gt=0, description="Peak learning rate")
     eval_every: int = Field(50, ge=1, description="Validate every N steps")
     patience: int = Field(4, ge=1, description="Early stopping: validations without gain")
-    distill: Literal["concepts"] | None = Field(None, description="Distil from a teacher "
-                                                "encoder's similarities")
+    distill: Literal["concepts", "clip"] | None = Field(
+        None, description="Distil from a teacher encoder's in-batch similarities: the concepts "
+        "baseline, or CLIP (its clip features from `videobert tokenize --encoder clip`)")
+    clip_model: str | None = Field(None, description="CLIP weights (folder or hub id) for the "
+                                   "teacher's text side; needed with distill=clip")
     features: str | None = Field("i3d", description="Clip features added to the visual "
                                  "tokens (an encoder of clip_features); None: tokens only")
     seed: int = Field(0, description="Seed of the batch order")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
 
 
-def _teacher(wh: Warehouse, pairs: Any, device: str) -> tuple[Any, Any]:
-    """Concepts-baseline embeddings of the train pairs (text: MiniLM; video: clip mean)."""
+def _teacher(wh: Warehouse, pairs: Any, device: str, kind: str,
+             clip_model: str | None) -> tuple[Any, Any]:
+    """A teacher's unit-length embeddings of the train pairs: text (MiniLM for concepts, CLIP's
+    text tower for clip) and video (the mean of the pair's stored clip features)."""
     import numpy as np
 
-    from tasks.encoders import concepts_encoder
     from tasks.finetune import clip_features
 
-    feats = clip_features(wh, "concepts")
+    if kind == "clip" and not clip_model:
+        raise ValueError("distill=clip needs --clip-model (the CLIP weights that made the clip "
+                         "features) for the captions' side")
+    feats = clip_features(wh, kind)
     if not feats:
-        raise ValueError("distill=concepts needs concepts features: run `videobert tokenize`")
-    enc = concepts_encoder(device)
-    video = np.stack([np.mean([feats[c] for c in cids if c in feats] or [np.zeros(enc.dim)],
+        raise ValueError(f"distill={kind} needs {kind} clip features: run `videobert tokenize"
+                         f"{' --encoder clip --clip-model ...' if kind == 'clip' else ''}`")
+    if kind == "clip":
+        from models.clip import ClipEncoder
+
+        embed_text = ClipEncoder.from_pretrained(clip_model, device=device).encode_text
+    else:
+        from tasks.encoders import concepts_encoder
+
+        embed_text = concepts_encoder(device).embed_text
+    dim = len(next(iter(feats.values())))
+    video = np.stack([np.mean([feats[c] for c in cids if c in feats] or [np.zeros(dim)],
                               axis=0) for cids in pairs.clip_ids]).astype(np.float32)
     video /= np.maximum(np.linalg.norm(video, axis=1, keepdims=True), 1e-12)
-    return enc.embed_text(pairs.texts), video
+    text = np.asarray(embed_text(pairs.texts), np.float32)
+    if text.shape[1] != dim:
+        raise ValueError(f"distill={kind}: text embeddings have {text.shape[1]} dimensions, the "
+                         f"stored clip features {dim}: give the CLIP model that made them")
+    return text, video
 
 
 @task(name="finetune-train", cache_policy=NO_CACHE)
@@ -88,7 +108,7 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr,
                          eval_every=p.eval_every, patience=p.patience, distill=p.distill,
                          features=p.features if feats else None, seed=p.seed)
-    teacher = _teacher(wh, train, str(device)) if p.distill == "concepts" else None
+    teacher = _teacher(wh, train, str(device), p.distill, p.clip_model) if p.distill else None
     sink = WarehouseSink(home, model_run)
 
     def on_eval(step: int, m: dict[str, float]) -> None:

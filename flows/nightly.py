@@ -42,7 +42,7 @@ class NightlyParams(BaseModel):
                              "./videobert-data)")
     sources: list[str] = Field([], description="Folders or caption manifests to ingest (empty: "
                                "the built-in sample corpus, built in HOME/samples/real)")
-    pretrain_preset: Literal["tiny", "mini", "base", "large"] = Field(
+    pretrain_preset: Literal["tiny", "small", "mini", "base", "large"] = Field(
         "tiny", description="Model size of pretraining")
     pretrain_steps: int = Field(200, ge=1, description="Pretraining optimiser steps per night")
     pretrain_batch_size: int = Field(32, ge=1, description="Pretraining sequences per batch")

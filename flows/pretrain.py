@@ -54,8 +54,9 @@ class PretrainParams(BaseModel):
 
     home: str | None = Field(None, description="Data home (default: $VIDEOBERT_HOME or "
                              "./videobert-data)")
-    preset: Literal["tiny", "mini", "base", "large"] = Field(
-        "tiny", description="Model size: tiny (tests), mini (MiniLM init), base, large (paper)")
+    preset: Literal["tiny", "small", "mini", "base", "large"] = Field(
+        "tiny", description="Model size: tiny (tests), small (CPU, from scratch), mini (MiniLM "
+        "init), base, large (paper)")
     steps: int = Field(1000, ge=1, description="Optimiser steps")
     batch_size: int = Field(32, ge=1, description="Sequences per micro-batch (per GPU)")
     accum: int = Field(1, ge=1, description="Micro-batches per optimiser step")

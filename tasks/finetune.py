@@ -13,7 +13,7 @@ carry the very same visual tokens are all positives of each other (the model can
 clips apart, so calling them negatives would only teach noise).
 
 The temperature is the model's learnable ``logit_scale``. Optional distillation matches the
-student's in-batch similarity distribution to a teacher's (the concepts baseline). Early
+student's in-batch similarity distribution to a teacher's (concepts baseline or CLIP). Early
 stopping on validation text->clip R@5; the best weights are kept.
 """
 
@@ -48,7 +48,7 @@ class FinetuneConfig(BaseModel):
     eval_every: int = Field(50, ge=1, description="Validate every N steps")
     patience: int = Field(4, ge=1, description="Stop after N validations without a better R@5")
     max_text: int = Field(48, ge=4, description="WordPieces kept per caption")
-    distill: str | None = Field(None, description="Teacher: None or 'concepts'")
+    distill: str | None = Field(None, description="Teacher: None, 'concepts' or 'clip'")
     distill_weight: float = Field(0.5, ge=0, description="Weight of the distillation term")
     features: str | None = Field("i3d", description="Clip features added to the visual "
                                  "tokens (an encoder of clip_features), or None: tokens only")

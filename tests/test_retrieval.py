@@ -272,10 +272,10 @@ def test_search_answers_while_a_flow_holds_the_writer(trained):
         assert [h["rank"] for h in hits] == [1, 2, 3]
 
 
-def test_distillation_from_the_concepts_teacher(trained, tmp_path):
-    """--distill concepts trains against the teacher's in-batch distribution: the KL term is
-    0 when the student's logits equal the teacher's, positive otherwise, and a distilled run
-    (same seed) ends with other weights than the plain one."""
+def test_distillation_from_a_teacher(trained, tmp_path):
+    """--distill concepts|clip trains against the teacher's in-batch distribution: the KL term
+    is 0 when the student's logits equal the teacher's, positive otherwise, and a distilled run
+    (same seed) ends with other weights than the plain one; CLIP needs its weights."""
     import torch
     from safetensors.numpy import load_file
 
@@ -291,16 +291,20 @@ def test_distillation_from_the_concepts_teacher(trained, tmp_path):
     home = tmp_path / "home"  # a copy: new fine-tune runs would change the live model
     shutil.copytree(trained["home"], home, ignore=shutil.ignore_patterns("prefect"))
     runs = {}
-    for distill in (None, "concepts"):
-        runs[distill] = finetune_flow(FinetuneParams(home=str(home), steps=10, eval_every=10,
-                                                     distill=distill, seed=1, device="cpu"))
+    for distill in (None, "concepts", "clip"):
+        runs[distill] = finetune_flow(FinetuneParams(
+            home=str(home), steps=10, eval_every=10, distill=distill, seed=1, device="cpu",
+            clip_model=str(trained["clip"])))
     con = _con(home)
-    cfg = json.loads(con.execute("SELECT config_json FROM model_runs WHERE model_run = ?",
-                                 [runs["concepts"]["model_run"]]).fetchone()[0])
-    assert "concepts" in json.dumps(cfg)
-    a, b = (load_file(str(Path(runs[d]["checkpoint"]) / "model.safetensors"))
-            for d in (None, "concepts"))
-    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    plain = load_file(str(Path(runs[None]["checkpoint"]) / "model.safetensors"))
+    for teacher in ("concepts", "clip"):
+        cfg = con.execute("SELECT config_json FROM model_runs WHERE model_run = ?",
+                          [runs[teacher]["model_run"]]).fetchone()[0]
+        assert json.loads(cfg)["params"]["distill"] == teacher
+        w = load_file(str(Path(runs[teacher]["checkpoint"]) / "model.safetensors"))
+        assert any(not np.array_equal(plain[k], w[k]) for k in plain), teacher
+    with pytest.raises(ValueError, match="clip-model"):
+        finetune_flow(FinetuneParams(home=str(home), steps=2, distill="clip", device="cpu"))
 
 
 def test_search_with_the_concepts_baseline(trained):

@@ -76,7 +76,7 @@ ALL_ON = {"feature_dim": FEATURE_DIM, "w_feature": 1.0, "w_contrastive": 1.0}
 
 # ----------------------------------------------------------------------------- config
 def test_presets_and_config_roundtrip() -> None:
-    assert set(PRESETS) == {"tiny", "mini", "base", "large"}
+    assert set(PRESETS) == {"tiny", "small", "mini", "base", "large"}
     large = config_for("large", 20736)
     assert (large.hidden, large.layers, large.heads, large.intermediate) == (1024, 24, 16, 4096)
     assert large.vocab_size == VIS_OFFSET + 20736

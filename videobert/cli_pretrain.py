@@ -17,8 +17,8 @@ from videobert.home import local_flow_settings, resolve_home
 
 @app.command()
 def pretrain(
-    preset: Annotated[str, typer.Option(help="tiny (tests), mini (MiniLM init), base, large")]
-    = "tiny",
+    preset: Annotated[str, typer.Option(
+        help="tiny (tests), small (CPU), mini (MiniLM init), base, large")] = "tiny",
     steps: Annotated[int, typer.Option(help="Optimiser steps", min=1)] = 1000,
     resume: Annotated[bool, typer.Option(
         help="Continue the newest unfinished run of this preset from its last checkpoint")]

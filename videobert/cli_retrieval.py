@@ -29,8 +29,10 @@ def finetune(
     lr: Annotated[float, typer.Option(help="Peak learning rate")] = 3e-4,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps", min=1)] = 50,
     patience: Annotated[int, typer.Option(help="Early stopping patience (validations)")] = 4,
-    distill: Annotated[str | None, typer.Option(help="Teacher to distil from: concepts")]
-    = None,
+    distill: Annotated[str | None, typer.Option(
+        help="Teacher to distil from: concepts, or clip (with --clip-model)")] = None,
+    clip_model: Annotated[str | None, typer.Option(
+        help="CLIP weights (folder or hub id) for --distill clip")] = None,
     features: Annotated[str, typer.Option(
         help="Clip features added to the visual tokens: an encoder (i3d, clip, concepts) or "
              "none (visual tokens only)")] = "i3d",
@@ -51,7 +53,8 @@ def finetune(
             summary = finetune_flow(FinetuneParams(
                 home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
                 eval_every=eval_every, patience=patience, distill=distill, seed=seed,
-                features=None if features.lower() == "none" else features, device=device))
+                clip_model=clip_model, device=device,
+                features=None if features.lower() == "none" else features))
     except (WarehouseError, ValueError) as e:
         _fail(str(e))
     if fmt is Fmt.json:
