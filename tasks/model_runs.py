@@ -118,9 +118,10 @@ def upsert(wh: Warehouse, row: Mapping[str, Any], *, purpose: str, wait_s: float
                  message=f"{purpose} {row['model_run']}: {row['status']}")
 
 
-def one(wh: Warehouse, name: str, args: list[Any]) -> tuple | None:
-    """First row of a named query (None when empty)."""
-    con = wh.connect()
+def one(wh: Warehouse, name: str, args: list[Any], *, published: bool = False) -> tuple | None:
+    """First row of a named query (None when empty); ``published`` reads the published catalog
+    (:meth:`Warehouse.connect_published`) instead of the manifest."""
+    con = wh.connect_published() if published else wh.connect()
     try:
         return con.execute(queries.load(name), args).fetchone()
     finally:

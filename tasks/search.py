@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks import model_runs
 from tasks.index_load import LoadedIndex, load_current
 from warehouse import queries
 from warehouse.store import Warehouse
@@ -54,20 +55,6 @@ class SearchUnavailable(RuntimeError):
     """Nothing to search yet (no embeddings or index): the message says what to run."""
 
 
-def _reader(wh: Warehouse):  # noqa: ANN202 - duckdb connection
-    """The published catalog when there is one (no schema parsing: a cold search stays fast),
-    else views over the committed parts."""
-    return wh.connect_catalog() if wh.catalog_path.is_file() else wh.connect()
-
-
-def _one(wh: Warehouse, name: str, args: list[Any]) -> tuple | None:
-    con = _reader(wh)
-    try:
-        return con.execute(queries.load(name), args).fetchone()
-    finally:
-        con.close()
-
-
 def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | None = None,
                   clip_model: str | None = None, device: str = "cpu",
                   rerank: bool = False) -> Searcher:
@@ -87,14 +74,15 @@ def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | No
     """
     wh = Warehouse(home)
     live = None if encoder not in (None, "videobert") else (
-        _one(wh, "model_run_ckpt", [model_run]) if model_run else _one(wh, "live_run", []))
+        model_runs.one(wh, "model_run_ckpt", [model_run], published=True) if model_run
+        else model_runs.one(wh, "live_run", [], published=True))
     if live is not None:
         return _videobert(home, live, device, rerank)
     if encoder == "videobert":
         raise SearchUnavailable(f"no finished VideoBERT fine-tune in {home}: run "
                                 "`videobert finetune` (or `videobert run`)")
     enc = encoder or "concepts"
-    ver = _one(wh, "latest_feature_version", [enc])
+    ver = model_runs.one(wh, "latest_feature_version", [enc], published=True)
     if ver is None:
         raise SearchUnavailable(f"no {enc} features in {home}: run `videobert tokenize`")
     index = _load(home, enc, ver[0])
@@ -174,7 +162,7 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
         extra = _align(wh, s, query, [h[0] for h in hits])
         hits.sort(key=lambda h: -extra.get(h[0], -np.inf))
     hits = hits[:k]
-    con = _reader(wh)
+    con = wh.connect_published()
     details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
                                             [[h[0] for h in hits]]).fetchall()}
     con.close()
@@ -196,7 +184,7 @@ def _align(wh: Warehouse, s: Searcher, query: str, clip_ids: list[str]) -> dict[
 
     from tasks.finetune import joint_inputs
 
-    con = _reader(wh)
+    con = wh.connect_published()
     tokens = dict(con.execute(queries.load("clip_tokens"), [s.codebook_id, clip_ids]).fetchall())
     con.close()
     have = [c for c in clip_ids if c in tokens]

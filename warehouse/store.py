@@ -165,6 +165,11 @@ class Warehouse:
         con.close()
         return self.connect()
 
+    def connect_published(self) -> duckdb.DuckDBPyConnection:
+        """A reader for code that runs in a fresh process (search): the published catalog when
+        there is one (no schema parsing), else :meth:`connect`."""
+        return self.connect_catalog() if self.catalog_path.is_file() else self.connect()
+
     @contextlib.contextmanager
     def writer(self, wait_s: float = 0.0, purpose: str = "") -> Iterator[Writer]:
         """Hold the single-writer lock and yield a :class:`Writer`.
