@@ -75,8 +75,8 @@ def _ingest(source: Path, work: Path, mode: str, model: str, device: str, i: int
 
 def _audio(source: Path) -> list:
     """Each video's audio as the pipeline decodes it (16 kHz mono float32)."""
-    from tasks import media
-    from tasks.asr import extract_audio
+    from tasks.ingest.asr import extract_audio
+    from tasks.shared import media
 
     out = []
     for p in sorted(source.glob("*.mp4")):
@@ -86,7 +86,7 @@ def _audio(source: Path) -> list:
 
 
 def _bare(cfg, audios: list) -> float:
-    from tasks.asr import load_model
+    from tasks.ingest.asr import load_model
 
     model = load_model(cfg)  # the same cached instance the pipeline uses
     t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
     args = ap.parse_args()
 
-    from tasks import asr
+    from tasks.ingest import asr
 
     work = args.work or Path(tempfile.mkdtemp(prefix="vb-bench-asr-"))
     os.environ["PREFECT_HOME"] = str(work / "prefect")

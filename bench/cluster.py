@@ -1,4 +1,4 @@
-"""Hierarchical k-means (``tasks.cluster``) vs scikit-learn's ``MiniBatchKMeans``.
+"""Hierarchical k-means (``tasks.tokens.cluster``) vs scikit-learn's ``MiniBatchKMeans``.
 
 Both cluster the SAME features to the SAME number of leaves in the same run. For each side the
 wall time covers fitting and labelling every training point (``MiniBatchKMeans.fit`` computes
@@ -71,7 +71,7 @@ def leaf_inertia(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> fl
 
 def run_hkmeans(x: np.ndarray, levels: int, branching: int, seed: int, device: str) -> dict:
     """Fit the hierarchical codebook; times, inertia, empty leaves."""
-    from tasks.cluster import fit_hkmeans
+    from tasks.tokens.cluster import fit_hkmeans
 
     t0, c0 = time.perf_counter(), time.process_time()
     tree = fit_hkmeans(x, levels, branching, seed=seed, min_points_per_centroid=1,

@@ -1,6 +1,6 @@
 """Feature extraction: the tokenize pipeline vs a bare model-forward loop, same run.
 
-- **pipeline**: :func:`tasks.features.encode_clips` on the sample corpus' clips: parallel
+- **pipeline**: :func:`tasks.tokens.features.encode_clips` on the sample corpus' clips: parallel
   ffmpeg decoding by timestamp overlapped with batched I3D forward passes (what the tokenize
   flow runs per task).
 - **bare**: the same I3D forward passes over the same clips, pre-decoded into memory
@@ -28,15 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.encoders import I3DEncoder  # noqa: E402
-from tasks.features import ClipRef, encode_clips, read_clips  # noqa: E402
+from tasks.tokens.encoders import I3DEncoder  # noqa: E402
+from tasks.tokens.features import ClipRef, encode_clips, read_clips  # noqa: E402
 
 H100_BF16_PEAK = 989e12
 
 
 def sample_clips(root: Path, n: int) -> list[ClipRef]:
     """Consecutive 1.5 s clips of the sample corpus' videos (cycled up to n)."""
-    from tasks import media
+    from tasks.shared import media
 
     refs: list[ClipRef] = []
     videos = sorted(p for p in root.iterdir() if p.suffix in (".mp4", ".mkv", ".mpg"))
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    from tasks.samples import build_sample_corpus
+    from tasks.ingest.samples import build_sample_corpus
 
     work = Path(tempfile.mkdtemp(prefix="vb-bench-features-"))
     corpus = build_sample_corpus(work / "samples")

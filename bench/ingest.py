@@ -44,10 +44,10 @@ VALIDATION = "decode"
 
 def _record_commands(source: Path, work: Path, workers: int) -> tuple[list[list[str]], float]:
     """Run the ingest once with run_tool wrapped; return its commands and video hours."""
-    import tasks.media as media
-    import tasks.media_validate as mv
+    import tasks.shared.media as media
+    import tasks.shared.media_validate as mv
     from flows.ingest import IngestParams, ingest_flow
-    from videobert.home import local_flow_settings
+    from videobert.prefect_env import local_flow_settings
     from warehouse.store import Warehouse
 
     recorded: list[list[str]] = []
@@ -84,7 +84,7 @@ def _bare(commands: list[list[str]], workers: int) -> float:
 
 def _ours(source: Path, work: Path, workers: int, i: int) -> float:
     from flows.ingest import IngestParams, ingest_flow
-    from videobert.home import local_flow_settings
+    from videobert.prefect_env import local_flow_settings
 
     home = work / f"home-{i}"
     t0 = time.perf_counter()
@@ -143,8 +143,8 @@ def main() -> None:
     global VALIDATION
     VALIDATION = args.validation
 
-    from tasks.samples import build_sample_corpus
-    from tasks.synthetic import generate_synthetic
+    from tasks.ingest.samples import build_sample_corpus
+    from tasks.ingest.synthetic import generate_synthetic
 
     work = args.work or Path(tempfile.mkdtemp(prefix="vb-bench-ingest-"))
     os.environ["PREFECT_HOME"] = str(work / "prefect")

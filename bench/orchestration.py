@@ -13,14 +13,14 @@ artifacts, heartbeats), except a wait on a Prefect future (the flow waits for it
 **ours** if another thread is in our code at that instant (a task body, its decoders), else
 **Prefect** (only task-engine bookkeeping, or nothing, runs). The stage is the innermost flow
 being called. Prefect's background threads and server are off this critical path (their CPU is
-printed). The run uses ``videobert run``'s settings (``videobert.home.local_flow_settings``:
+printed). The run uses ``videobert run``'s settings (``videobert.prefect_env.local_flow_settings``:
 flow-run heartbeats off on a temporary server); ``--heartbeats-on-too`` adds a run with
 Prefect's default heartbeats (what a deployment run pays).
 
 **Task runs vs corpus.** Synthetic corpora of N and 10N videos (2 clips each) are ingested and
 tokenized (the flows whose work grows with the corpus) into fresh homes; task runs are read
 back from Prefect's API per flow run, beside the batches our flows formed (counted in
-``tasks.ingest.batches``: ingest hash/probe batches, tokenize feature chunks) and the clips.
+``flows.runners.batches``: ingest hash/probe batches, tokenize feature chunks) and the clips.
 
     python bench/orchestration.py --heartbeats-on-too    # nightly x2, N = 5 / 50 videos
     python bench/orchestration.py --quick                # 20/10 training steps, N = 3 / 30
@@ -171,7 +171,7 @@ def nightly(work: Path, name: str, quick: bool, weights: Path, sampler: Sampler,
     from prefect.settings import temporary_settings
 
     from flows.nightly import NightlyParams, nightly_flow
-    from videobert.home import local_flow_settings
+    from videobert.prefect_env import local_flow_settings
 
     shutil.copytree(weights, (home := work / name) / "weights")
     before = set(_flow_runs())
@@ -198,13 +198,13 @@ def nightly(work: Path, name: str, quick: bool, weights: Path, sampler: Sampler,
 
 def growth(work: Path, n: int, factor: int, weights: Path) -> list[dict[str, Any]]:
     """Ingest + tokenize synthetic corpora of ``n`` and ``factor * n`` videos; task runs."""
+    import flows.ingest as fi
     import flows.visual_tokens as vt
-    import tasks.ingest as ing
     from flows.ingest import IngestParams, ingest_flow
     from flows.visual_tokens import TokenizeParams, tokenize_flow
-    from tasks.synthetic import generate_synthetic
+    from tasks.ingest.synthetic import generate_synthetic
 
-    formed, real = Counter(), ing.batches
+    formed, real = Counter(), fi.batches
     per_task = TokenizeParams.model_fields["clips_per_task"].default
 
     def counting(stage: str) -> Any:
@@ -215,7 +215,7 @@ def growth(work: Path, n: int, factor: int, weights: Path) -> list[dict[str, Any
             return out
         return batches
 
-    ing.batches, vt.batches = counting("ingest"), counting("tokenize")
+    fi.batches, vt.batches = counting("ingest"), counting("tokenize")
     rows = []
     try:
         for size in (n, n * factor):
@@ -234,7 +234,7 @@ def growth(work: Path, n: int, factor: int, weights: Path) -> list[dict[str, Any
                          "task_runs": {k: dict(v) for k, v in runs.items()},
                          "task_runs_total": sum(c.total() for c in runs.values())})
     finally:
-        ing.batches = vt.batches = real
+        fi.batches = vt.batches = real
     return rows
 
 

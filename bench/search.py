@@ -1,4 +1,4 @@
-"""FAISS search (``tasks.index``) vs DuckDB brute force, same run, same clustered vectors.
+"""FAISS search (``tasks.retrieval.index``) vs DuckDB brute force, same run, same clustered vectors.
 
 Baseline: DuckDB's built-in ``array_cosine_similarity`` over an in-memory table
 ``emb(id BIGINT, vec FLOAT[512])`` loaded from Arrow, all queries of a batch in one statement
@@ -6,8 +6,8 @@ with ``max_by(id, score, 10)`` (stack.md: much faster than a window function). T
 the fastest form DuckDB offers (a Parquet scan adds decoding), so the ratio is conservative.
 DuckDB runs twice, before and after the FAISS runs, and the faster pass counts.
 
-FAISS: every index type is built through ``tasks.index.build_index`` (train, add, efSearch /
-nprobe tuning on held-out rows, write, hash) into a temp folder, loaded back through
+FAISS: every index type is built through ``tasks.retrieval.index.build_index`` (train, add,
+efSearch / nprobe tuning on held-out rows, write, hash) into a temp folder, loaded back through
 ``load_index`` (manifest and sha256 checked), then searched with a batch of queries at the
 tuned setting and over a sweep of settings; single-query latency (one ``search`` call per
 query, one OpenMP thread) is reported too. recall@10 is measured against exact top-10
@@ -111,7 +111,7 @@ def duckdb_open(x: np.ndarray, threads: int):
 def run_kind(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, root: Path,
              single: int, k: int) -> dict:
     """Build, verify-load and search one index type; figures as a dict."""
-    from tasks import index as ix
+    from tasks.retrieval import index as ix
 
     n, d = x.shape
     spec = ix.make_spec(kind, n, d)

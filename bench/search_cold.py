@@ -7,8 +7,9 @@ data home, the same query, alternating:
   text tower in NumPy (``models/text_numpy.py``), the published catalog, the FAISS index.
 - **torch**: the same search with the query embedded the way it was before, by the torch model
   (``VideoBert.from_pretrained`` + ``BertTokenizerFast`` + ``embed_texts``; importing torch and
-  transformers), through ``tasks.search.open_searcher(device="cpu", rerank=True)`` (which loads
-  it) with the torch model as the query encoder.
+  transformers), through
+  ``tasks.retrieval.search.open_searcher(device="cpu", rerank=True)`` (which loads it) with the
+  torch model as the query encoder.
 
 Both print the same hits (checked). Usage::
 
@@ -34,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCH_SIDE = """
 import json, sys
 from pathlib import Path
-from tasks.search import open_searcher, search
-from tasks.finetune import embed_texts
+from tasks.retrieval.search import open_searcher, search
+from tasks.retrieval.finetune import embed_texts
 home, query = Path(sys.argv[1]), sys.argv[2]
 s = open_searcher(home, rerank=True)          # loads the torch model and its tokenizer
 model, tok = s.torch_model()

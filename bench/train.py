@@ -6,7 +6,7 @@ non-special positions masked) with the same batch size, alternating step by step
 process (so both see the same load on a shared machine):
 
 - **videobert**: ``VideoBert.loss`` (MLM head only at the masked positions, each modality scored
-  over its own vocabulary slice, plus the alignment head), AdamW from ``tasks.train``
+  over its own vocabulary slice, plus the alignment head), AdamW from ``tasks.pretrain.train``
   (fused, on CPU too), bf16 autocast on CUDA, gradient clipping, and length-bucketed
   batches (sequences sorted by length, cut into batches, batch order shuffled; each batch
   padded to its own longest sequence).
@@ -115,7 +115,7 @@ def batches(seqs: list, batch: int, bucketed: bool, rng: np.random.Generator) ->
 def ours(cfg: dict[str, Any], n_visual: int, device: torch.device, compile_: bool) -> tuple:
     """VideoBert + the trainer's optimiser; returns (step function, model)."""
     from models.videobert import VideoBert, config_for
-    from tasks.train import TrainConfig, autocast, make_optimizer, to_device
+    from tasks.pretrain.train import TrainConfig, autocast, make_optimizer, to_device
 
     model = VideoBert(config_for("tiny", n_visual, dropout=0.1, **cfg)).to(device).train()
     opt = make_optimizer(model, TrainConfig(lr=1e-4), device)

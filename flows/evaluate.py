@@ -3,8 +3,9 @@
 Run it with ``videobert evaluate`` or ``python -m flows.evaluate [HOME]``. For each encoder
 with embeddings (concepts zero-shot, CLIP when given, VideoBERT fine-tuned, and VideoBERT with
 alignment-head re-ranking) it computes R@1/5/10, MdR and MnR in both directions at clip and
-video level, exactly and through the published FAISS index (``tasks/evaluate.py``). Results go
-to ``eval_results``, a Prefect table artifact, and a report (Markdown + recall@K PNG) in
+video level, exactly and through the published FAISS index
+(``tasks/retrieval/evaluate.py``). Results go to ``eval_results``, a Prefect table artifact,
+and a report (Markdown + recall@K PNG) in
 ``<home>/reports/<eval_id>/``.
 """
 
@@ -20,8 +21,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks import model_runs
-from videobert.home import resolve_home
+from tasks.shared import model_runs
+from warehouse.home import resolve_home
 from warehouse.store import Warehouse, utcnow
 
 METRICS = ("r1", "r5", "r10", "mdr", "mnr")
@@ -61,8 +62,8 @@ def _targets(wh: Warehouse, p: EvaluateParams) -> list[tuple[str, str, tuple | N
 def evaluate_task(home: Path, split: str, encoder: str, model_run: str, run: tuple | None,
                   rerank: bool, rerank_top: int, device: str) -> list[dict[str, Any]]:
     """All metric rows of one encoder (exact, index, rerank), ranks kept for curves."""
-    from tasks import evaluate as ev
-    from tasks.index_load import load_current
+    from tasks.retrieval import evaluate as ev
+    from tasks.retrieval.index_load import load_current
 
     wh = Warehouse(home)
     es = ev.load_eval_set(wh, split)
@@ -84,7 +85,7 @@ def _rerank(wh: Warehouse, es: Any, text: Any, clip: Any, run: tuple, top: int,
             device: str) -> dict[str, Any]:
     from models.device import pick_device
     from models.videobert import VideoBert, text_tokenizer
-    from tasks import evaluate as ev
+    from tasks.retrieval import evaluate as ev
     from warehouse import queries
 
     dev = str(pick_device(device))
@@ -107,7 +108,7 @@ def _report(home: Path, eval_id: str, split: str, rows: list[dict[str, Any]]) ->
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from tasks.retrieval_metrics import recall_curve
+    from tasks.retrieval.metrics import recall_curve
 
     folder = home / "reports" / eval_id
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 Run it with ``videobert finetune`` or ``python -m flows.finetune [HOME]``. Starts from a
 pretraining run (the newest finished one by default), trains with a symmetric InfoNCE loss on
-the train split with early stopping on validation text->clip R@5 (``tasks/finetune.py``), saves
-the best weights with ``save_pretrained``, registers the run in ``model_runs`` (kind
+the train split with early stopping on validation text->clip R@5
+(``tasks/retrieval/finetune.py``), saves the best weights with ``save_pretrained``, registers
+the run in ``model_runs`` (kind
 ``finetune``, parent = the pretraining run) with its validation curve in ``training_metrics``,
 and writes the run's clip, text and video embeddings to ``embeddings``.
 """
@@ -21,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from tasks import model_runs
-from videobert.home import resolve_home
+from tasks.shared import model_runs
+from warehouse.home import resolve_home
 from warehouse.store import Warehouse, utcnow
 
 
@@ -55,7 +56,7 @@ def _teacher(wh: Warehouse, pairs: Any, device: str, kind: str,
     text tower for clip) and video (the mean of the pair's stored clip features)."""
     import numpy as np
 
-    from tasks.finetune import clip_features
+    from tasks.retrieval.finetune import clip_features
 
     if kind == "clip" and not clip_model:
         raise ValueError("distill=clip needs --clip-model (the CLIP weights that made the clip "
@@ -69,7 +70,7 @@ def _teacher(wh: Warehouse, pairs: Any, device: str, kind: str,
 
         embed_text = ClipEncoder.from_pretrained(clip_model, device=device).encode_text
     else:
-        from tasks.encoders import concepts_encoder
+        from models.concepts import concepts_encoder
 
         embed_text = concepts_encoder(device).embed_text
     dim = len(next(iter(feats.values())))
@@ -88,8 +89,8 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     """Fine-tune, save the best weights, and log the validation curve."""
     from models.device import pick_device
     from models.videobert import VideoBert, text_tokenizer
-    from tasks.finetune import FinetuneConfig, clip_features, finetune, load_pairs
-    from tasks.train_metrics import WarehouseSink, metric_rows
+    from tasks.pretrain.metrics import WarehouseSink, metric_rows
+    from tasks.retrieval.finetune import FinetuneConfig, clip_features, finetune, load_pairs
 
     log = get_run_logger()
     wh = Warehouse(home)
@@ -133,7 +134,7 @@ def embed_task(home: Path, model_run: str, codebook_id: str, device: str) -> dic
     """Write the run's clip, text and video embeddings (new items only)."""
     from models.device import pick_device
     from models.videobert import VideoBert, text_tokenizer
-    from tasks.embed import videobert_embeddings
+    from tasks.retrieval.embed import videobert_embeddings
 
     dev = pick_device(device)
     model = VideoBert.from_pretrained(Path(home) / "models" / model_run / "final",

@@ -4,7 +4,7 @@ Run it with ``videobert index`` or ``python -m flows.index [HOME]`` (deployment 
 Embeddings are written for the concepts baseline (always, when its features exist), CLIP (when
 its features exist and ``clip_model`` is given, for the query tower) and VideoBERT (the live
 fine-tune run, or ``model_run``). Then one index per (encoder, model run, level clip/video):
-the type comes from the collection size and the memory budget (``tasks/index_spec.py``);
+the type comes from the collection size and the memory budget (``tasks/retrieval/index_spec.py``);
 new items are added to the published index where its type allows, else it is rebuilt; every
 build is published atomically and recorded in the ``indices`` table.
 """
@@ -20,9 +20,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks import model_runs
-from videobert.home import resolve_home
+from tasks.shared import model_runs
 from warehouse import queries
+from warehouse.home import resolve_home
 from warehouse.store import Warehouse
 
 LEVELS = ("clip", "video")
@@ -46,7 +46,7 @@ class IndexParams(BaseModel):
 def embeddings_task(home: Path, encoder: str, p: IndexParams) -> dict[str, Any]:
     """Embed new clips/texts/videos of one encoder; returns its model_run (None: unavailable)."""
     from models.device import pick_device
-    from tasks import embed
+    from tasks.retrieval import embed
 
     wh = Warehouse(home)
     dev = str(pick_device(p.device))
@@ -68,7 +68,7 @@ def embeddings_task(home: Path, encoder: str, p: IndexParams) -> dict[str, Any]:
 
         text_fn = ClipEncoder.from_pretrained(p.clip_model, device=dev).encode_text
     else:
-        from tasks.encoders import concepts_encoder
+        from models.concepts import concepts_encoder
 
         text_fn = concepts_encoder(dev).embed_text
     with wh.writer(wait_s=120, purpose="embeddings") as w:
@@ -92,9 +92,9 @@ def index_task(home: Path, encoder: str, model_run: str, level: str, memory_budg
     """Build, extend or keep the published index of (encoder, model_run, level)."""
     import faiss
 
-    from tasks.index import add_to_index, build_index
-    from tasks.index_load import current_index, load_index
-    from tasks.index_spec import choose_index
+    from tasks.retrieval.index import add_to_index, build_index
+    from tasks.retrieval.index_load import current_index, load_index
+    from tasks.retrieval.index_spec import choose_index
 
     wh = Warehouse(home)
     ids, vids, x = _vectors(wh, encoder, model_run, level)

@@ -4,7 +4,7 @@ Run it with ``videobert ingest PATH`` or ``python -m flows.ingest PATH``. Files 
 batches (one Prefect task per batch, never one per file); each batch is committed atomically,
 so a run killed at any point and started again ends with exactly the rows of an uninterrupted
 run. Bad files become ``ingest_errors`` rows and never stop the run. Videos without subtitles
-are transcribed inside their batch (``asr``: :mod:`tasks.asr`); videos ingested earlier that
+are transcribed inside their batch (``asr``: :mod:`tasks.ingest.asr`); videos ingested earlier that
 still need a transcript from this run's model get batches of their own ("transcribe-known").
 """
 
@@ -26,12 +26,10 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.runners import submit_task, task_runner_for
-from tasks import asr, media
-from tasks import ingest as ing
-from tasks.errors import IngestError
-from tasks.ingest_asr import asr_backlog, transcribe_batch
-from tasks.ingest_batch import (
+from flows.runners import batches, submit_task, task_runner_for
+from tasks.ingest import asr
+from tasks.ingest import plan as ing
+from tasks.ingest.batch import (
     IngestConfig,
     Rows,
     TextIndex,
@@ -43,11 +41,14 @@ from tasks.ingest_batch import (
     file_row,
     process_batch,
 )
-from tasks.progress import Progress
-from tasks.scan import ScanResult, scan_folder, scan_manifest, sidecar_candidates
-from tasks.text import MANIFEST_EXTENSIONS
-from videobert.home import resolve_home
+from tasks.ingest.scan import ScanResult, scan_folder, scan_manifest, sidecar_candidates
+from tasks.ingest.speech import asr_backlog, transcribe_batch
+from tasks.ingest.text import MANIFEST_EXTENSIONS
+from tasks.shared import media
+from tasks.shared.errors import IngestError
+from tasks.shared.progress import Progress
 from warehouse import queries
+from warehouse.home import resolve_home
 from warehouse.store import StagedPart, Warehouse, Writer, rewrite_without, utcnow
 
 
@@ -228,7 +229,7 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
         size = params.batch_size or min(64, max(4, -(-len(todo) // (4 * workers))))
         with bar.task("hashing", total=len(todo)) as tick:
             for _, res in _bounded(lambda b: submit_task(runner, hash_task, {"cands": b}),
-                                   ing.batches(todo, max(size * 4, 32)), workers):
+                                   batches(todo, max(size * 4, 32)), workers):
                 hashed += res
                 tick(len(res))
         hashed.sort(key=lambda h: h[0].path)
@@ -244,13 +245,13 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
             # submit_task quote()s on threads: Prefect would otherwise walk these large inputs
             for batch, rows in _bounded(lambda b: submit_task(runner, process_task, {
                     "cfg": cfg, "st": st, "items": b, "index": index}),
-                                        ing.batches(plan.new, size), workers):
+                                        batches(plan.new, size), workers):
                 commit.add(rows)
                 tick(len(batch))
         with bar.task("transcribing", total=len(backlog)) as tick:
             for batch, rows in _bounded(lambda b: submit_task(runner, asr_task, {
                     "cfg": cfg, "st": st, "items": b}),
-                                        ing.batches(backlog, size), workers):
+                                        batches(backlog, size), workers):
                 commit.add(rows)
                 tick(len(batch))
         summary = _summary(run_id, source, scan, plan, unchanged, commit.flush(), w, started)

@@ -10,7 +10,7 @@ clips with the current codebook (re-cluster when asked, or when new clips are a 
 all clips), continue pretraining from the live model's pretraining run (from scratch on a new
 codebook or on the first night), fine-tune, embed and index, evaluate the candidate and the live
 model on the gate split, and promote the candidate only when the gate metric does not regress
-(``tasks/nightly.py``). A ``promotions`` row records the decision either way; search and the
+(``tasks/nightly/gate.py``). A ``promotions`` row records the decision either way; search and the
 index follow the live run. The evaluation table on the test split, the gate values and the
 decision become Prefect artifacts.
 """
@@ -26,9 +26,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from tasks import model_runs
-from tasks import nightly as nt
-from videobert.home import resolve_home
+from tasks.nightly import gate as nt
+from tasks.shared import model_runs
+from warehouse.home import resolve_home
 from warehouse.store import Warehouse
 
 TABLE_COLS = ("encoder", "model_run", "level", "direction", "mode", "r1", "r5", "r10", "mdr",
@@ -79,14 +79,15 @@ def _ingest(p: NightlyParams, home: Path) -> list[dict[str, Any]]:
 
     sources = list(p.sources)
     if not sources:
-        from tasks.samples import build_sample_corpus, sample_corpus_dir
+        from tasks.ingest.samples import build_sample_corpus
+        from warehouse.home import sample_corpus_dir
 
         sources = [str(build_sample_corpus(sample_corpus_dir(home)).root)]
     return [ingest_flow(IngestParams(source=s, home=str(home), asr=p.asr)) for s in sources]
 
 
 def _has_queries(wh: Warehouse, split: str) -> bool:
-    from tasks.evaluate import load_eval_set
+    from tasks.retrieval.evaluate import load_eval_set
 
     return bool(load_eval_set(wh, split).segment_ids)
 

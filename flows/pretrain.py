@@ -3,7 +3,7 @@
 Run it with ``videobert pretrain`` or ``python -m flows.pretrain --preset tiny --steps 200``.
 Steps: pick the codebook (default: the newest one with visual tokens) and export the
 corpus of its visual tokens and the text into the run's folder (``<home>/models/<run>/data``);
-register the run in ``model_runs`` (status ``running``); train (``tasks/train.py``: in this
+register the run in ``model_runs`` (status ``running``); train (``tasks/pretrain/train.py``: in this
 process on CPU or one GPU, under ``torchrun`` on a machine with several GPUs); register the
 result (``done`` or ``failed``), with the final checkpoint's path relative to the data home;
 publish the evaluation table and the loss curve as Prefect artifacts.
@@ -38,10 +38,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from tasks import model_runs
-from tasks.train import TrainConfig, TrainJob, run_job
-from videobert.atomic import write_bytes_atomic
-from videobert.home import resolve_home
+from tasks.pretrain.train import TrainConfig, TrainJob, run_job
+from tasks.shared import model_runs
+from warehouse.atomic import write_bytes_atomic
+from warehouse.home import resolve_home
 from warehouse.store import Warehouse, utcnow
 
 PRESET_LR = {"tiny": 1e-3, "mini": 1e-4, "base": 1e-4, "large": 5e-5}
@@ -155,7 +155,7 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
 @task(name="export-corpus", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def export_task(home: Path, codebook_id: str, dest: Path) -> Path:
     """Export the warehouse's text and visual tokens of ``codebook_id`` into one file."""
-    from tasks.pretrain_data import export_corpus
+    from tasks.pretrain.data import export_corpus
 
     return export_corpus(Warehouse(home), codebook_id, dest)
 
@@ -179,7 +179,7 @@ def train_task(job: TrainJob, nproc: int) -> dict[str, Any]:
     job_path = Path(job.run_dir) / "job.json"
     write_bytes_atomic(job.model_dump_json(indent=1).encode(), job_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "tasks.train", "--job", str(job_path)]
+           f"--nproc_per_node={nproc}", "-m", "tasks.pretrain.train", "--job", str(job_path)]
     log.info("launching %s", " ".join(cmd))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}

@@ -219,3 +219,9 @@ def submit_bounded(submit: Callable[[T], PrefectFuture[Any]], items: list[T],
             running[submit(item)] = item
         done = next(as_completed(list(running)))
         yield running.pop(done), done.result()
+
+
+def batches(items: list, size: int) -> list[list]:
+    """Split ``items`` into consecutive batches of at most ``size``."""
+    size = max(1, size)
+    return [items[i:i + size] for i in range(0, len(items), size)]

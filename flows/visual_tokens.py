@@ -28,18 +28,19 @@ from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, Field
 
 from flows.runners import (
+    batches,
     describe_runner,
     runner_slots,
     submit_bounded,
     submit_task,
     task_runner_for,
 )
-from tasks.encoders import EncoderSpec, concepts_encoder, load_encoder
-from tasks.features import ClipRef, encode_clips
-from tasks.ingest import batches
-from tasks.progress import Progress
-from videobert.home import resolve_home
+from models.concepts import concepts_encoder
+from tasks.shared.progress import Progress
+from tasks.tokens.encoders import EncoderSpec, load_encoder
+from tasks.tokens.features import ClipRef, encode_clips
 from warehouse import queries
+from warehouse.home import resolve_home
 from warehouse.store import Warehouse, Writer, utcnow
 
 Encoder = Literal["i3d", "clip", "concepts"]
@@ -165,7 +166,7 @@ def _run_concepts(w: Writer, p: TokenizeParams, i3d_version: str, run_id: str) -
 def _codebook(w: Writer, p: TokenizeParams, encoder: str, version: str, run_id: str,
               log: Any) -> dict[str, Any]:
     """Fit (first time, or recluster) or reuse the codebook; assign tokens to new clips."""
-    from tasks.tokens import assign_new, fit_codebook
+    from tasks.tokens.codebook import assign_new, fit_codebook
 
     con = w.wh.connect()
     active = con.execute(queries.load("active_codebook"), [encoder, version]).fetchall()

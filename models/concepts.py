@@ -33,6 +33,7 @@ someone"), which blurs the mix. 19 queries: a tie-breaker, not a benchmark.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -249,3 +250,9 @@ class ConceptsEncoder:
             (N, 384) float32, each row L2-normalised.
         """
         return self.text_encoder.encode(texts)
+
+
+@functools.cache
+def concepts_encoder(device: str = "auto") -> ConceptsEncoder:
+    """The zero-shot concepts encoder (MiniLM over Kinetics class names), cached per device."""
+    return ConceptsEncoder.from_labels_file(text_encoder=TextEncoder(device=pick_device(device)))

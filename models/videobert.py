@@ -40,6 +40,13 @@ from torch import Tensor, nn
 
 from models.videobert_config import PRESETS as PRESETS  # re-exported
 from models.videobert_config import VideoBertConfig, config_for
+from models.videobert_weights import (
+    check_state_dict,
+    load_bert_weights,
+    read_checkpoint,
+    resolve_init_from,
+    write_checkpoint,
+)
 from models.vocab import PAD
 
 if TYPE_CHECKING:
@@ -337,7 +344,7 @@ class VideoBert(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Weighted pretraining loss over one batch (layout: ``tasks/pretrain_data.py``).
+        """Weighted pretraining loss over one batch (layout: ``tasks/pretrain/data.py``).
 
         Masked-token and alignment terms are always computed (0 with count 0 when a batch has
         no such position or row); masked-feature regression runs when ``w_feature > 0`` and the
@@ -377,8 +384,6 @@ class VideoBert(nn.Module):
         Returns:
             Its path.
         """
-        from models.videobert_weights import write_checkpoint
-
         return write_checkpoint(directory, self.config.to_dict(), self.state_dict())
 
     @classmethod
@@ -398,8 +403,6 @@ class VideoBert(nn.Module):
             weights file, a config that differs from the one the weights were saved with, or
             tensors missing, unexpected or of the wrong shape.
         """
-        from models.videobert_weights import check_state_dict, read_checkpoint
-
         raw, state = read_checkpoint(directory, device)
         config = VideoBertConfig.from_dict(raw)
         with torch.device(device):
@@ -432,8 +435,6 @@ def build_model(preset: str, n_visual: int, *, codebook_id: str | None = None,
                         **overrides)
     model = VideoBert(config)
     if config.init_from:
-        from models.videobert_weights import load_bert_weights, resolve_init_from
-
         load_bert_weights(model, resolve_init_from(config.init_from))
     return model
 
@@ -446,6 +447,6 @@ def text_tokenizer() -> BertTokenizerFast:
     """
     from transformers import BertTokenizerFast
 
-    from models.concepts import minilm_dir
+    from models.text_numpy import minilm_dir
 
     return BertTokenizerFast.from_pretrained(str(minilm_dir()))

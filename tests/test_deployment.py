@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tasks.samples import SampleCorpus, build_sample_corpus
+from tasks.ingest.samples import SampleCorpus, build_sample_corpus
 from warehouse.store import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]

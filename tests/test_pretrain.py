@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks import checkpoint as ckpt
-from tasks.train import TrainConfig, TrainJob, lr_factor, make_optimizer, make_scheduler
+from tasks.pretrain import checkpoint as ckpt
+from tasks.pretrain.train import TrainConfig, TrainJob, lr_factor, make_optimizer, make_scheduler
 from tests.test_cli import _env, vb
 from warehouse.store import Warehouse
 
@@ -35,7 +35,7 @@ def sample_home(prefect_harness, tmp_path_factory) -> Path:
     tokenized."""
     from flows.ingest import IngestParams, ingest_flow
     from flows.visual_tokens import TokenizeParams, tokenize_flow
-    from tasks.samples import build_sample_corpus
+    from tasks.ingest.samples import build_sample_corpus
     from tests.tiny_clip import make_tiny_clip
 
     home = tmp_path_factory.mktemp("pretrain") / "home"
@@ -50,7 +50,7 @@ def sample_home(prefect_harness, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def corpus(sample_home: Path) -> Path:
     """The exported corpus file of the sample home's codebook."""
-    from tasks.pretrain_data import export_corpus
+    from tasks.pretrain.data import export_corpus
 
     wh = Warehouse(sample_home)
     cb = wh.connect().sql("SELECT codebook_id FROM codebooks").fetchall()[0][0]
@@ -65,14 +65,14 @@ def _job(home: Path, corpus: Path, name: str, **train) -> TrainJob:
 
 
 def _start(job: TrainJob) -> tuple[subprocess.Popen, Path]:
-    """``python -m tasks.train --job`` in a subprocess (what torchrun runs on each GPU)."""
+    """``python -m tasks.pretrain.train --job`` in a subprocess (what torchrun runs on each GPU)."""
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"job-{time.monotonic_ns()}.json"
     path.write_text(job.model_dump_json())
     log = run_dir / f"{path.stem}.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.train", "--job", str(path)],
+        proc = subprocess.Popen([sys.executable, "-m", "tasks.pretrain.train", "--job", str(path)],
                                 cwd=ROOT, env=_env(Path(job.home or run_dir)),
                                 stdout=f, stderr=subprocess.STDOUT)
     return proc, log
@@ -267,8 +267,8 @@ def test_accumulation_two_micro_batches_per_step(corpus: Path, tmp_path: Path):
     """accum=2: each optimiser step consumes two micro-batches and applies the mean of their
     gradients (checked against the same step done by hand)."""
     from models.videobert import VideoBert, build_model, text_tokenizer
-    from tasks.pretrain_data import DataConfig, PretrainData
-    from tasks.train import run_job
+    from tasks.pretrain.data import DataConfig, PretrainData
+    from tasks.pretrain.train import run_job
 
     job = TrainJob(model_run="acc", run_dir=str(tmp_path / "acc"), corpus_path=str(corpus),
                    data={"batch_size": 4}, model_overrides={"dropout": 0.0},
@@ -301,8 +301,8 @@ def test_accumulation_two_micro_batches_per_step(corpus: Path, tmp_path: Path):
 def test_batch_stream_order_positions_prefetch_and_sharding(corpus: Path):
     """Prefetching changes nothing; positions resume mid-epoch; ranks split the batches."""
     from models.videobert import text_tokenizer
-    from tasks.pretrain_data import DataConfig, PretrainData
-    from tasks.train_dist import BatchStream, DistInfo
+    from tasks.pretrain.data import DataConfig, PretrainData
+    from tasks.pretrain.train_dist import BatchStream, DistInfo
 
     data = PretrainData(corpus, text_tokenizer(), DataConfig(batch_size=2))
     n = data.num_batches(0)
@@ -355,7 +355,7 @@ def test_torchrun_two_processes_on_cpu(sample_home: Path, corpus: Path):
     run_dir.mkdir(parents=True)
     (run_dir / "job.json").write_text(job.model_dump_json())
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", "-m", "tasks.train", "--job",
+                        "--nproc_per_node=2", "-m", "tasks.pretrain.train", "--job",
                         str(run_dir / "job.json")], cwd=ROOT, env=_env(sample_home),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -374,7 +374,7 @@ def test_torchrun_two_processes_on_cpu(sample_home: Path, corpus: Path):
 def test_metric_means_weight_each_objective_by_its_count():
     import torch
 
-    from tasks.train_metrics import MetricSums
+    from tasks.pretrain.metrics import MetricSums
 
     m = MetricSums()
     t = torch.tensor

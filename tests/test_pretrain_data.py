@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.vocab import CLS, MASK, PAD, SEP, TEXT_VOCAB, VIS_OFFSET, VSEP
-from tasks.pretrain_data import (
+from tasks.pretrain.data import (
     IGNORE,
     JOINT,
     TEXT_ONLY,
@@ -20,7 +20,7 @@ from tasks.pretrain_data import (
     PretrainData,
     export_corpus,
 )
-from videobert.atomic import sha256_file
+from warehouse.atomic import sha256_file
 from warehouse.store import Warehouse, utcnow
 
 N_VISUAL = 1000  # token = video * 100 + clip index: a token names its clip

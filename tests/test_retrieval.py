@@ -65,7 +65,7 @@ def trained(prefect_harness, tmp_path_factory) -> dict:
     from flows.ingest import IngestParams, ingest_flow
     from flows.pretrain import PretrainParams, pretrain_flow
     from flows.visual_tokens import TokenizeParams, tokenize_flow
-    from tasks.synthetic import generate_synthetic
+    from tasks.ingest.synthetic import generate_synthetic
     from tests.tiny_clip import make_tiny_clip
 
     root = tmp_path_factory.mktemp("retrieval")
@@ -249,7 +249,7 @@ def test_search_on_cpu_embeds_queries_without_torch(trained):
     code = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from tasks.search import open_searcher, search\n"
+        "from tasks.retrieval.search import open_searcher, search\n"
         f"home = Path({str(home)!r})\n"
         "s = open_searcher(home)\n"
         f"q = s.embed([{text!r}])[0].tolist()\n"
@@ -280,7 +280,7 @@ def test_distillation_from_a_teacher(trained, tmp_path):
     from safetensors.numpy import load_file
 
     from flows.finetune import FinetuneParams, finetune_flow
-    from tasks.finetune import distill_loss
+    from tasks.retrieval.finetune import distill_loss
 
     tt, tv = torch.nn.functional.normalize(torch.randn(2, 6, 8), dim=-1)
     same = (tt @ tv.T) / 0.05
@@ -315,7 +315,7 @@ def test_search_with_the_concepts_baseline(trained):
 def test_corrupt_or_mismatched_index_is_refused(trained, tmp_path):
     import shutil
 
-    from tasks.index_load import current_index
+    from tasks.retrieval.index_load import current_index
 
     home = tmp_path / "home"
     shutil.copytree(trained["home"], home, ignore=shutil.ignore_patterns("prefect"))
@@ -338,7 +338,7 @@ def test_corrupt_or_mismatched_index_is_refused(trained, tmp_path):
 
 def test_probe_reports_noun_and_verb_accuracy(trained):
     from models.videobert import VideoBert, text_tokenizer
-    from tasks.probe import load_items, run_probe, topk_accuracy
+    from tasks.pretrain.probe import load_items, run_probe, topk_accuracy
 
     home = trained["home"]
     con = _con(home)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks import retrieval_metrics as rm
+from tasks.retrieval import metrics as rm
 from warehouse import schema
 
 

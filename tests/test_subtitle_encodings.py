@@ -1,4 +1,4 @@
-"""Tests for tasks.text's byte decoding: BOMs, UTF-16, cp1252/latin-1 fallback, newlines.
+"""Tests for tasks.ingest.text's byte decoding: BOMs, UTF-16, cp1252/latin-1 fallback, newlines.
 
 decode_text on its own, then whole SRT files in each encoding through parse_subtitle_bytes.
 """
@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tasks.text import decode_text, parse_subtitle_bytes
+from tasks.ingest.text import decode_text, parse_subtitle_bytes
 from tests.test_text import GOOD_SRT, _texts
 
 

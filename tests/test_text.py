@@ -1,7 +1,7 @@
-"""Tests for tasks.text: SRT/VTT parsing, the written rule, unreadable files, sidecars.
+"""Tests for tasks.ingest.text: SRT/VTT parsing, the written rule, unreadable files, sidecars.
 
 Byte decoding and subtitle encodings are in tests/test_subtitle_encodings.py; caption
-manifests (tasks.manifests) in tests/test_manifests.py.
+manifests (tasks.ingest.manifests) in tests/test_manifests.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import tasks.text as text_mod
-from tasks.errors import IngestError
-from tasks.text import (
+import tasks.ingest.text as text_mod
+from tasks.ingest.text import (
     MANIFEST_EXTENSIONS,
     SUBTITLE_EXTENSIONS,
     Cue,
@@ -29,6 +28,7 @@ from tasks.text import (
     sidecar_format,
     sidecar_language,
 )
+from tasks.shared.errors import IngestError
 
 GOOD_SRT = """1
 00:00:01,000 --> 00:00:02,500

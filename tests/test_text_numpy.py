@@ -19,7 +19,7 @@ def test_videobert_text_tower_matches_torch(preset, tmp_path):
 
     from models.text_numpy import VideoBertTextTower
     from models.videobert import build_model, text_tokenizer
-    from tasks.finetune import embed_texts
+    from tasks.retrieval.finetune import embed_texts
 
     torch.manual_seed(0)
     model = build_model(preset, n_visual=37, codebook_id="cb")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import cluster
+from tasks.tokens import cluster
 from warehouse.store import Warehouse
 
 
@@ -16,7 +16,7 @@ def tokenized(prefect_harness, tmp_path_factory) -> tuple[Path, dict, dict]:
     """Sample corpus ingested and tokenized once; returns (home, first, second summary)."""
     from flows.ingest import IngestParams, ingest_flow
     from flows.visual_tokens import TokenizeParams, tokenize_flow
-    from tasks.samples import build_sample_corpus
+    from tasks.ingest.samples import build_sample_corpus
 
     home = tmp_path_factory.mktemp("tok") / "home"
     corpus = build_sample_corpus(home / "samples" / "real")
@@ -73,7 +73,7 @@ def test_tokens_consistent_with_tree(tokenized):
 
 def test_concepts_search_beats_random(tokenized):
     """Text -> video with the concepts encoder: each caption's video ranks better than chance."""
-    from tasks.encoders import concepts_encoder
+    from models.concepts import concepts_encoder
 
     home, _, _ = tokenized
     con = Warehouse(home).connect()
@@ -117,7 +117,7 @@ def test_clip_features_with_a_local_clip_folder(tokenized, tmp_path):
 def test_codebook_gallery_png(tokenized, tmp_path):
     from PIL import Image
 
-    from tasks.gallery import THUMB, codebook_gallery
+    from tasks.tokens.gallery import THUMB, codebook_gallery
 
     home, _, _ = tokenized
     path, cb_id = codebook_gallery(Warehouse(home), tmp_path / "g.png", n_tokens=3, per_token=4)

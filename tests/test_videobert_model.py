@@ -212,7 +212,7 @@ def test_embeddings_and_alignment_shapes() -> None:
 
 
 def test_feature_input_starts_neutral_then_tells_same_token_clips_apart(tmp_path) -> None:
-    from tasks.finetune import video_features, video_inputs
+    from tasks.retrieval.finetune import video_features, video_inputs
 
     model = tiny(proj_dim=16)
     ids, mask = video_inputs([(3,), (3,)])  # two clips with the same visual token

@@ -11,11 +11,11 @@ from typing import Annotated
 
 import typer
 
-from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
-from videobert.home import local_flow_settings, resolve_home
+from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows, start_flow_env
+from videobert.prefect_env import local_flow_settings
+from warehouse.home import resolve_home
 
 
-@app.command()
 def pretrain(
     preset: Annotated[str, typer.Option(
         help="tiny (tests), small (CPU), mini (MiniLM init), base, large")] = "tiny",
@@ -58,7 +58,7 @@ def pretrain(
         with local_flow_settings():
             summary = pretrain_flow(params)
     except (WarehouseError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return

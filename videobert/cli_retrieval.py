@@ -14,13 +14,13 @@ from typing import Annotated, Any
 
 import typer
 
-from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
-from videobert.home import local_flow_settings, resolve_home
+from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows, start_flow_env
+from videobert.prefect_env import local_flow_settings
+from warehouse.home import resolve_home
 
 MetricCols = ["encoder", "level", "direction", "mode", "r1", "r5", "r10", "mdr", "mnr"]
 
 
-@app.command()
 def finetune(
     from_run: Annotated[str | None, typer.Option(
         help="Pretraining run to start from (default: the newest finished one)")] = None,
@@ -56,7 +56,7 @@ def finetune(
                 clip_model=clip_model, device=device,
                 features=None if features.lower() == "none" else features))
     except (WarehouseError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -67,7 +67,6 @@ def finetune(
     out.print(f"checkpoint: {summary['checkpoint']}\nembeddings: {summary['embeddings']}")
 
 
-@app.command()
 def index(
     encoder: Annotated[list[str] | None, typer.Option(
         "--encoder", "-e", help="concepts, videobert, clip (repeatable; default: all)")] = None,
@@ -95,7 +94,7 @@ def index(
         with local_flow_settings():
             summary = index_flow(IndexParams(**params))
     except (WarehouseError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -105,7 +104,6 @@ def index(
                title="indices")
 
 
-@app.command()
 def evaluate(
     split: Annotated[str, typer.Option(help="Split of queries and candidates")] = "test",
     model_run: Annotated[str | None, typer.Option(
@@ -128,7 +126,7 @@ def evaluate(
             summary = evaluate_flow(EvaluateParams(
                 home=str(h), split=split, model_run=model_run, rerank=rerank, device=device))
     except (WarehouseError, ValueError, LookupError) as e:
-        _fail(str(e))
+        fail(str(e))
     rows = [tuple(_fmt(r[c]) for c in MetricCols) for r in summary["rows"]]
     print_rows(MetricCols, rows, fmt, title=f"retrieval on {split} ({summary['eval_id']})")
     if fmt is Fmt.table:
@@ -139,7 +137,6 @@ def _fmt(v: Any) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-@app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words")],
     k: Annotated[int, typer.Option("-k", help="Results", min=1)] = 10,
@@ -156,9 +153,9 @@ def search(
 
     JSON output (--format json) is an array of objects with rank, clip_id, video_id, path,
     start_s, end_s, score, text (and align_logit with --rerank)."""
-    from tasks.index_load import IndexRefused
-    from tasks.search import SearchUnavailable, open_searcher
-    from tasks.search import search as run_search
+    from tasks.retrieval.index_load import IndexRefused
+    from tasks.retrieval.search import SearchUnavailable, open_searcher
+    from tasks.retrieval.search import search as run_search
 
     h = resolve_home(home)
     try:
@@ -169,7 +166,7 @@ def search(
         hits = run_search(Path(h), s, query, k, rerank=rerank)
         t2 = time.perf_counter()
     except (SearchUnavailable, IndexRefused, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     cols = ["rank", "path", "start_s", "end_s", "score", "text"]
     if rerank:
         cols.insert(5, "align_logit")
@@ -182,7 +179,6 @@ def search(
         out.print(f"[dim]load {t1 - t0:.2f} s, query {t2 - t1:.3f} s[/dim]")
 
 
-@app.command()
 def probe(
     model_run: Annotated[str | None, typer.Option(
         help="Pretraining run (default: the newest finished one)")] = None,
@@ -193,12 +189,12 @@ def probe(
 ) -> None:
     """Zero-shot probe: fill masked nouns and verbs of held-out captions from the visual tokens
     (top-1/top-5 among the corpus's words), against the same model with the video hidden."""
-    from tasks.probe import probe_run
+    from tasks.pretrain.probe import probe_run
 
     try:
         res = probe_run(resolve_home(home), model_run, split, device)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(res) + "\n")
         return

@@ -12,13 +12,13 @@ from typing import Annotated, Any
 
 import typer
 
-from videobert.cli import Fmt, HomeOpt, _fail, app, out, print_rows, start_flow_env
-from videobert.home import local_flow_settings, resolve_home
+from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows, start_flow_env
+from videobert.prefect_env import local_flow_settings
+from warehouse.home import resolve_home
 
 Cols = ["encoder", "level", "direction", "mode", "r1", "r5", "r10", "mdr", "mnr"]
 
 
-@app.command("run")
 def run_nightly(
     source: Annotated[list[str] | None, typer.Option(
         "--source", "-s", help="Folder or caption manifest to ingest (repeatable; default: the "
@@ -45,7 +45,7 @@ def run_nightly(
     """Ingest -> tokens -> pretraining -> fine-tuning -> index -> evaluation, with the
     promotion gate: the nightly flow once. Ends with the test-split retrieval table, where the
     report is, and whether the new model went live. A run with no new data skips training."""
-    from tasks import run_state
+    from tasks.nightly import run_state
 
     h = resolve_home(home)
     options = dict(
@@ -72,15 +72,15 @@ def _run_flow(h: Any, options: dict[str, Any]) -> dict[str, Any]:
     """The nightly flow on Prefect (temporary server unless one is configured)."""
     start_flow_env(h)
     from flows.nightly import NightlyParams, nightly_flow
-    from tasks.nightly import NightlyBusy
-    from tasks.samples import SampleMediaMissing
+    from tasks.ingest.samples import SampleMediaMissing
+    from tasks.nightly.gate import NightlyBusy
     from warehouse.store import WarehouseError
 
     try:
         with local_flow_settings():
             return nightly_flow(NightlyParams(**options))
     except (NightlyBusy, WarehouseError, SampleMediaMissing, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _print_result(result: dict[str, Any]) -> None:

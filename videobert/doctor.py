@@ -16,7 +16,7 @@ def _check(name: str, status: str, detail: str, required: bool = False) -> dict[
 
 
 def _ffmpeg() -> list[dict[str, Any]]:
-    from tasks.ffbin import FFmpegNotFound, find_tools
+    from tasks.shared.ffbin import FFmpegNotFound, find_tools
 
     try:
         t = find_tools()
@@ -69,7 +69,7 @@ def _weights(home: Path) -> list[dict[str, Any]]:
 
 
 def _asr() -> list[dict[str, Any]]:
-    from tasks.asr_models import report
+    from tasks.ingest.asr_models import report
 
     return [_check(c["name"], c["status"], c["detail"]) for c in report()]
 
@@ -99,7 +99,7 @@ def _prefect() -> list[dict[str, Any]]:
 
 def collect(home: Path) -> dict[str, Any]:
     """Every check, as plain data (the CLI renders it)."""
-    from videobert.home import configure_prefect_env
+    from videobert.prefect_env import configure_prefect_env
 
     configure_prefect_env(home)
     checks = [_check("python", "ok", f"{platform.python_version()} on {platform.platform()}")]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from tasks.errors import CODES
 from warehouse import schema as sch
+from warehouse.error_codes import CODES
 from warehouse.store import Warehouse
 
 

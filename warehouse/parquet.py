@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from videobert.atomic import (  # noqa: F401 - re-exported for the warehouse
+from warehouse.atomic import (  # noqa: F401 - re-exported for the warehouse
     TMP_PREFIX,
     fsync_dir,
     sha256_file,

@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,12 @@ import duckdb
 import pyarrow as pa
 
 from warehouse import schema as sch
-from warehouse.parquet import TMP_PREFIX, fsync_dir, write_bytes_atomic, write_parquet_atomic
+from warehouse.migrations import MIGRATIONS
+from warehouse.parquet import TMP_PREFIX, fsync_dir, write_bytes_atomic
+from warehouse.parts import StagedPart as StagedPart  # re-exported: the store's API
+from warehouse.parts import WarehouseError as WarehouseError
+from warehouse.parts import stage as stage
+from warehouse.parts import to_arrow as to_arrow
 
 MANIFEST_FORMAT = 1
 LOG_KEEP = 200
@@ -46,61 +50,9 @@ PUBLISH_INTERVAL_S = 2.0
 """``publish="auto"`` commits rebuild the catalog at most this often (and at writer exit)."""
 
 
-class WarehouseError(RuntimeError):
-    """A warehouse that is missing, locked by another writer, or newer than this code."""
-
-
-@dataclass(frozen=True)
-class StagedPart:
-    """A Parquet part written to the staging folder, waiting for a commit."""
-
-    table: str
-    path: str
-    rows: int
-    bytes: int
-    sha256: str
-
-
 def utcnow() -> dt.datetime:
     """Current UTC time as a naive datetime (the warehouse stores UTC TIMESTAMPs)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def to_arrow(table: str, rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
-    """Rows (dicts) or an Arrow table -> an Arrow table in ``table``'s exact schema.
-
-    Missing columns become NULL; unknown keys raise (a typo must not vanish silently).
-    """
-    target = sch.table(table).arrow
-    if isinstance(rows, pa.Table):
-        extra = set(rows.column_names) - set(target.names)
-        if extra:
-            raise ValueError(f"columns {sorted(extra)} are not in table {table!r}")
-        cols = [rows.column(f.name).cast(f.type) if f.name in rows.column_names
-                else pa.nulls(rows.num_rows, f.type) for f in target]
-        return pa.Table.from_arrays(cols, schema=target)
-    for row in rows:
-        extra = set(row) - set(target.names)
-        if extra:
-            raise ValueError(f"columns {sorted(extra)} are not in table {table!r}")
-    return pa.Table.from_pylist(list(rows), schema=target)
-
-
-def stage(home: Path, table: str, rows: Sequence[Mapping[str, Any]] | pa.Table) -> StagedPart:
-    """Write rows as a staged Parquet part (any process may call this; no lock needed).
-
-    Args:
-        home: the data home.
-        table: warehouse table name.
-        rows: the rows to add.
-
-    Returns:
-        The staged part, to pass to :meth:`Writer.commit`.
-    """
-    data = to_arrow(table, rows)
-    dest = Path(home) / "warehouse" / "staging" / f"{table}-{uuid.uuid4().hex}.parquet"
-    info = write_parquet_atomic(data, dest)
-    return StagedPart(table, str(dest), info["rows"], info["bytes"], info["sha256"])
 
 
 class Warehouse:
@@ -248,8 +200,6 @@ class Writer:
 
     def recover(self) -> None:
         """Crash cleanup: remove staged, temporary and uncommitted files; migrate the schema."""
-        from warehouse.migrations import migrate
-
         shutil.rmtree(self.wh.staging_dir, ignore_errors=True)
         committed = {str(p) for t in self.wh.manifest()["tables"]
                      for p in self.wh.part_paths(t)}
@@ -262,9 +212,37 @@ class Writer:
                           and str(f) not in committed)
                 if f.is_file() and (stale_tmp or orphan):
                     f.unlink(missing_ok=True)
-        migrate(self)
+        self.migrate()
         if not self.wh.catalog_path.is_file():
             self.publish()
+
+    def migrate(self, target: int | None = None) -> list[int]:
+        """Apply the missing schema migrations up to ``target`` (default: the code's version).
+
+        Each step of :data:`warehouse.migrations.MIGRATIONS` runs once, in order, and commits
+        with its version.
+
+        Returns:
+            The versions applied (empty when already current).
+
+        Raises:
+            WarehouseError: when the warehouse was written by a newer schema.
+        """
+        target = sch.SCHEMA_VERSION if target is None else target
+        current = int(self.wh.manifest()["schema_version"])
+        if current > target:
+            raise WarehouseError(
+                f"the warehouse in {self.wh.home} has schema v{current}, newer than this "
+                f"videobert (v{target}): upgrade videobert")
+        applied = []
+        for version in range(current + 1, target + 1):
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise WarehouseError(f"no migration to schema v{version}")
+            self.commit(step(self), schema_version=version,
+                        message=f"migrate to schema v{version}", publish=False)
+            applied.append(version)
+        return applied
 
     def stage(self, table: str, rows: Sequence[Mapping[str, Any]] | pa.Table) -> StagedPart:
         """Stage rows for ``table`` (see :func:`stage`)."""

@@ -28,8 +28,8 @@ N_VIDEOS = 100
 def main() -> None:
     from flows.ingest import IngestParams, ingest_flow
     from flows.visual_tokens import TokenizeParams, tokenize_flow
-    from tasks.synthetic import generate_synthetic
-    from videobert.home import configure_prefect_env, local_flow_settings
+    from tasks.ingest.synthetic import generate_synthetic
+    from videobert.prefect_env import configure_prefect_env, local_flow_settings
     from warehouse.store import Warehouse
 
     work = Path(tempfile.mkdtemp(prefix="vb-syn-i3d-"))

@@ -1,0 +1,198 @@
+"""``videobert search``: text -> the matching moments of the indexed videos.
+
+The query is embedded by the live model (the promoted fine-tune run; before any promotion the
+newest finished one; or the concepts baseline when no VideoBERT run exists), searched in that
+run's published clip index, and each hit is joined with the warehouse: a path the video was
+seen under, the clip's start and end, and the text said there. ``rerank`` re-scores the
+candidates with VideoBERT's alignment head. Everything read is published and immutable, so
+search works while a flow is writing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.retrieval.index_load import LoadedIndex, load_current
+from tasks.shared import model_runs
+from warehouse import queries
+from warehouse.store import Warehouse
+
+
+@dataclass
+class Searcher:
+    """A loaded query encoder and its index; reusable across queries.
+
+    ``embed`` maps a list of queries to unit-length vectors. For VideoBERT on CPU it is the
+    NumPy text tower (:mod:`models.text_numpy`, no torch import); the torch model, which the
+    alignment-head re-ranking needs, is loaded on first use from ``checkpoint``.
+    """
+
+    encoder: str
+    model_run: str
+    index: LoadedIndex
+    embed: Any
+    model: Any = None
+    tokenizer: Any = None
+    codebook_id: str | None = None
+    checkpoint: Path | None = None
+    device: str = "cpu"
+
+    def torch_model(self) -> tuple[Any, Any]:
+        """(VideoBert, tokenizer), loaded once; for re-ranking."""
+        if self.model is None and self.checkpoint is not None:
+            from models.videobert import VideoBert, text_tokenizer
+
+            self.model = VideoBert.from_pretrained(self.checkpoint, device=self.device)
+            self.tokenizer = text_tokenizer()
+        return self.model, self.tokenizer
+
+
+class SearchUnavailable(RuntimeError):
+    """Nothing to search yet (no embeddings or index): the message says what to run."""
+
+
+def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | None = None,
+                  clip_model: str | None = None, device: str = "cpu",
+                  rerank: bool = False) -> Searcher:
+    """Load the query encoder and the published clip index.
+
+    Args:
+        home: data home.
+        encoder: ``videobert``, ``concepts`` or ``clip``; None = the live model, else concepts.
+        model_run: a specific VideoBERT fine-tune run (default: the live one).
+        clip_model: CLIP weights (folder or hub id), required for ``clip``.
+        device: where the query encoder runs. On ``cpu`` VideoBERT and concepts queries are
+            embedded in NumPy (same vectors, ~1e-7; a cold process skips importing torch).
+        rerank: load the torch VideoBERT now too (re-ranking needs its alignment head).
+
+    Raises:
+        SearchUnavailable: when the encoder has no embeddings/index yet.
+    """
+    wh = Warehouse(home)
+    live = None if encoder not in (None, "videobert") else (
+        model_runs.one(wh, "model_run_ckpt", [model_run], published=True) if model_run
+        else model_runs.one(wh, "live_run", [], published=True))
+    if live is not None:
+        return _videobert(home, live, device, rerank)
+    if encoder == "videobert":
+        raise SearchUnavailable(f"no finished VideoBERT fine-tune in {home}: run "
+                                "`videobert finetune` (or `videobert run`)")
+    enc = encoder or "concepts"
+    ver = model_runs.one(wh, "latest_feature_version", [enc], published=True)
+    if ver is None:
+        raise SearchUnavailable(f"no {enc} features in {home}: run `videobert tokenize`")
+    index = _load(home, enc, ver[0])
+    if enc == "clip":
+        if not clip_model:
+            raise SearchUnavailable("--clip-model is needed to embed queries with CLIP")
+        from models.clip import ClipEncoder
+
+        clip = ClipEncoder.from_pretrained(clip_model, device=device)
+        return Searcher("clip", ver[0], index, clip.encode_text)
+    if device == "cpu":
+        from models.text_numpy import MiniLMSentenceEncoder
+
+        return Searcher(enc, ver[0], index, MiniLMSentenceEncoder().encode)
+    from models.concepts import concepts_encoder
+
+    return Searcher(enc, ver[0], index, concepts_encoder(device).embed_text, device=device)
+
+
+def _load(home: Path, encoder: str, model_run: str) -> LoadedIndex:
+    try:
+        return load_current(home / "indices", encoder, model_run, "clip")
+    except FileNotFoundError as e:
+        raise SearchUnavailable(f"no published {encoder} clip index for {model_run} in "
+                                f"{home}: run `videobert index`") from e
+
+
+def _videobert(home: Path, live: tuple, device: str, rerank: bool) -> Searcher:
+    run, codebook_id, ckpt, _preset = live
+    index = _load(home, "videobert", run)
+    s = Searcher("videobert", run, index, None, codebook_id=codebook_id,
+                 checkpoint=home / ckpt, device=device)
+    if device == "cpu":
+        from models.text_numpy import VideoBertTextTower
+
+        s.embed = VideoBertTextTower(home / ckpt).embed
+        if rerank:
+            s.torch_model()
+        return s
+    from tasks.retrieval.finetune import embed_texts
+
+    model, tok = s.torch_model()
+    s.embed = lambda texts: embed_texts(model, tok, texts, device=device)
+    return s
+
+
+def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = False,
+           rerank_top: int = 50) -> list[dict[str, Any]]:
+    """The top ``k`` clips for ``query``, best first, with path, times, score and text.
+
+    Args:
+        home: data home.
+        s: from :func:`open_searcher`.
+        query: free text.
+        k: results.
+        rerank: re-score the top ``rerank_top`` candidates with the alignment head
+            (VideoBERT only).
+        rerank_top: candidates re-scored.
+
+    Returns:
+        Rows ``{rank, clip_id, video_id, path, start_s, end_s, score, text}`` (plus
+        ``align_logit`` when reranked).
+    """
+    if not query.strip():
+        raise ValueError("empty query")
+    if rerank and s.checkpoint is None:
+        raise ValueError(f"--rerank needs a VideoBERT model; the {s.encoder} encoder has no "
+                         "alignment head")
+    q = np.asarray(s.embed([query]), dtype=np.float32)
+    depth = min(s.index.ntotal, max(k, rerank_top if rerank else k))
+    scores, ids = s.index.search(q, depth)
+    hits = [(str(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True)
+            if i is not None and str(i) not in ("", "None")]
+    wh = Warehouse(home)
+    extra: dict[str, float] = {}
+    if rerank:
+        extra = _align(wh, s, query, [h[0] for h in hits])
+        hits.sort(key=lambda h: -extra.get(h[0], -np.inf))
+    hits = hits[:k]
+    con = wh.connect_published()
+    details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
+                                            [[h[0] for h in hits]]).fetchall()}
+    con.close()
+    out = []
+    for rank, (clip_id, score) in enumerate(hits, 1):
+        _c, video_id, start, end, path, text = details.get(clip_id, (clip_id, None, None, None,
+                                                                     None, None))
+        row = {"rank": rank, "clip_id": clip_id, "video_id": video_id, "path": path,
+               "start_s": start, "end_s": end, "score": round(score, 6), "text": text or ""}
+        if rerank:
+            row["align_logit"] = round(extra.get(clip_id, float("nan")), 6)
+        out.append(row)
+    return out
+
+
+def _align(wh: Warehouse, s: Searcher, query: str, clip_ids: list[str]) -> dict[str, float]:
+    """Alignment-head logit of ``[CLS] query [>] clip token [SEP]`` per candidate clip."""
+    import torch
+
+    from tasks.retrieval.finetune import joint_inputs
+
+    con = wh.connect_published()
+    tokens = dict(con.execute(queries.load("clip_tokens"), [s.codebook_id, clip_ids]).fetchall())
+    con.close()
+    have = [c for c in clip_ids if c in tokens]
+    if not have:
+        return {}
+    model, tokenizer = s.torch_model()
+    seqs, types, mask = joint_inputs(tokenizer, query, [(int(tokens[c]),) for c in have])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model.alignment_logits(seqs.to(device), types.to(device), mask.to(device))
+    return dict(zip(have, logits.float().cpu().tolist(), strict=True))
