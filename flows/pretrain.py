@@ -40,11 +40,12 @@ from pydantic import BaseModel, Field
 
 from tasks.pretrain.train import TrainConfig, TrainJob, run_job
 from tasks.shared import model_runs
+from warehouse import queries
 from warehouse.atomic import write_bytes_atomic
 from warehouse.home import resolve_home
 from warehouse.store import Warehouse, utcnow
 
-PRESET_LR = {"tiny": 1e-3, "mini": 1e-4, "base": 1e-4, "large": 5e-5}
+PRESET_LR = {"tiny": 1e-3, "small": 5e-4, "mini": 1e-4, "base": 1e-4, "large": 5e-5}
 """Peak learning rate per preset when none is given (BERT-like; tiny learns fast)."""
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,9 @@ class PretrainParams(BaseModel):
     positive_share: float = Field(0.5, ge=0, le=1, description="Share of the first steps "
                                   "trained on matched text-video pairs only (cross-modal "
                                   "warm-up; 0: the full mix from the start)")
+    features: str = Field("auto", description="Clip features the model reads beside its "
+                          "visual tokens: auto (i3d when the warehouse has them), none, or an "
+                          "encoder of clip_features")
     seed: int = Field(0, description="Seed of init, dropout, data order and masking")
     codebook: str | None = Field(None, description="Codebook id (default: the newest one "
                                  "with visual tokens)")
@@ -137,6 +141,9 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
             raise ValueError(f"no codebook with visual tokens in {home}: run "
                              "`videobert tokenize` first")
         codebook = found[0]
+    encoder = _feature_encoder(wh, p.features)
+    if encoder is None and p.features == "auto":
+        log.warning("no i3d clip features in %s: pretraining on visual tokens alone", home)
     model_run = model_runs.new_run_id("pretrain")
     warmup = p.warmup if p.warmup is not None else min(1000, p.steps // 10)
     train = TrainConfig(steps=p.steps, lr=p.lr or PRESET_LR[preset], warmup=warmup,
@@ -147,17 +154,38 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
     job = TrainJob(model_run=model_run, run_dir=str(home / "models" / model_run),
                    corpus_path="", preset=preset, init_from=init_from,
                    data={"batch_size": p.batch_size, "max_seq": p.max_seq, "seed": p.seed,
-                         "positive_batches": round(p.positive_share * p.steps * p.accum)},
+                         "positive_batches": round(p.positive_share * p.steps * p.accum),
+                         "feature_encoder": encoder, "feature_input": encoder is not None},
                    train=train, home=str(home), progress=p.progress)
     return RunPlan(job, codebook, p.continue_from, utcnow(), resumed=False)
 
 
+def _feature_encoder(wh: Warehouse, features: str) -> str | None:
+    """The clip-feature encoder pretraining reads: ``features`` resolved (see the params)."""
+    if features in ("none", ""):
+        return None
+    con = wh.connect()
+    try:
+        found = con.execute(queries.load("pretrain_feature_version"),
+                            ["i3d" if features == "auto" else features]).fetchall()
+    finally:
+        con.close()
+    if found:
+        return "i3d" if features == "auto" else features
+    if features == "auto":
+        return None
+    raise ValueError(f"features={features!r}: no clip features of that encoder in {wh.home} "
+                     "(run `videobert tokenize --encoder ...`, or pass features=none)")
+
+
 @task(name="export-corpus", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def export_task(home: Path, codebook_id: str, dest: Path) -> Path:
-    """Export the warehouse's text and visual tokens of ``codebook_id`` into one file."""
+def export_task(home: Path, codebook_id: str, dest: Path,
+                feature_encoder: str | None = None) -> Path:
+    """Export the warehouse's text and visual tokens of ``codebook_id`` (and the clips'
+    ``feature_encoder`` features) into one file."""
     from tasks.pretrain.data import export_corpus
 
-    return export_corpus(Warehouse(home), codebook_id, dest)
+    return export_corpus(Warehouse(home), codebook_id, dest, feature_encoder=feature_encoder)
 
 
 def gpu_processes(device: str, nproc: int | None) -> int:
@@ -234,7 +262,8 @@ def pretrain_flow(params: PretrainParams) -> dict[str, Any]:
         or _new_plan(wh, params, home, log)
     job = plan.job
     if not (plan.resumed and Path(job.corpus_path).is_file()):
-        corpus = export_task(home, plan.codebook_id, Path(job.run_dir) / "data")
+        corpus = export_task(home, plan.codebook_id, Path(job.run_dir) / "data",
+                             job.data.get("feature_encoder"))
         if plan.resumed:
             log.warning("corpus file of %s was missing: re-exported to %s (resume is exact "
                         "only when the warehouse is unchanged)", job.model_run, corpus)

@@ -16,7 +16,9 @@ Heads (Sun et al., 2019, plus two optional extras):
   word embeddings plus a bias. It runs only at the masked positions (gathered by flat index),
   and each modality is scored over its own vocabulary slice: text over ``[0, 30522)``, video over
   the ``n_visual`` visual ids (a restricted softmax: a video position can never predict a word);
-- linguistic-visual alignment on ``[CLS]``: BERT's pooler (dense + tanh), then ``Linear(D, 2)``;
+- linguistic-visual alignment on ``[CLS]``: BERT's pooler (dense + tanh), then ``Linear(D, 2)``,
+  plus (``align_head="cls+bilinear"``, new models) a bilinear score of the mean input embeddings
+  of the text part and of the video part, so the head learns from the first steps;
 - optional masked-feature regression (``feature_dim > 0``): ``Linear(D, feature_dim)`` at masked
   video positions, loss ``1 - cos(pred, target)``, i.e. half the squared error between the
   L2-normalised prediction and target, so the backbone's feature scale does not matter;
@@ -140,6 +142,11 @@ class VideoBert(nn.Module):
         # alignment head on [CLS]: BERT's pooler (dense + tanh), then match / no match
         self.pooler = nn.Linear(D, D)
         self.align = nn.Linear(D, 2)
+        # "cls+bilinear": + <A mean(text embeddings), B mean(video embeddings)>
+        self.align_text: nn.Linear | None = None
+        self.align_video: nn.Linear | None = None
+        if config.align_head == "cls+bilinear":
+            self.align_text, self.align_video = nn.Linear(D, D), nn.Linear(D, D)
         # retrieval embeddings (contrastive term, issue 5)
         self.text_proj = nn.Linear(D, config.proj_dim)
         self.video_proj = nn.Linear(D, config.proj_dim)
@@ -190,7 +197,13 @@ class VideoBert(nn.Module):
     # -- encoder
     def encode(self, input_ids: Tensor, token_type_ids: Tensor,
                attention_mask: Tensor | None = None, features: Tensor | None = None) -> Tensor:
-        """Last-layer hidden states.
+        """Last-layer hidden states (:meth:`encode_layers`' second result)."""
+        return self.encode_layers(input_ids, token_type_ids, attention_mask, features)[1]
+
+    def encode_layers(self, input_ids: Tensor, token_type_ids: Tensor,
+                      attention_mask: Tensor | None = None,
+                      features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Input embeddings (after LayerNorm) and last-layer hidden states.
 
         Args:
             input_ids: (B, T) long vocabulary ids.
@@ -200,7 +213,7 @@ class VideoBert(nn.Module):
                 zeros elsewhere; read only when ``config.feature_input``.
 
         Returns:
-            (B, T, D) hidden states.
+            (B, T, D) embeddings and (B, T, D) hidden states.
         """
         B, T = input_ids.shape
         if T > self.config.max_position:
@@ -213,10 +226,10 @@ class VideoBert(nn.Module):
         extra = None
         if features is not None and self.feature_in is not None:
             extra = self.feature_in(features.to(self.feature_in.weight.dtype))  # (B, T, D)
-        x = self.embeddings(input_ids, token_type_ids, extra)  # (B, T, D)
+        emb = x = self.embeddings(input_ids, token_type_ids, extra)  # (B, T, D)
         for layer in self.layers:
             x = layer(x, mask)
-        return x
+        return emb, x
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Same as :meth:`loss` (so DDP's forward hooks run)."""
@@ -252,21 +265,35 @@ class VideoBert(nn.Module):
         weight = self.embeddings.word.weight[lo:hi]  # tied decoder, (n_visual, D)
         return F.linear(self._mlm_hidden(hidden), weight, self.mlm_bias[lo:hi])
 
-    def _align_logits(self, cls_hidden: Tensor) -> Tensor:
-        return self.align(torch.tanh(self.pooler(cls_hidden)))  # (B, 2)
+    def _align_logits(self, emb: Tensor, hidden: Tensor, token_type_ids: Tensor,
+                      attention_mask: Tensor) -> Tensor:
+        """(B, 2) no-match / match logits of joint sequences (see ``config.align_head``)."""
+        logits = self.align(torch.tanh(self.pooler(hidden[:, 0])))  # (B, 2)
+        if self.align_text is None or self.align_video is None:
+            return logits
+        keep = attention_mask.to(emb.dtype).unsqueeze(-1)  # (B, T, 1)
+        video = keep * (token_type_ids == 1).unsqueeze(-1).to(emb.dtype)
+        text = keep - video
+        text[:, 0] = 0  # [CLS] is no word
+        t = (emb * text).sum(1) / text.sum(1).clamp(min=1)  # (B, D)
+        v = (emb * video).sum(1) / video.sum(1).clamp(min=1)  # (B, D)
+        score = (self.align_text(t) * self.align_video(v)).sum(-1) / 2  # (B,)
+        return logits + torch.stack([-score, score], dim=-1)
 
     def alignment_logits(self, input_ids: Tensor, token_type_ids: Tensor,
-                         attention_mask: Tensor) -> Tensor:
+                         attention_mask: Tensor, features: Tensor | None = None) -> Tensor:
         """Log-odds that the text and the video of each joint sequence belong together.
 
         Args:
             input_ids, token_type_ids: (B, T) long, joint layout.
             attention_mask: (B, T) bool.
+            features: optional (B, T, feature_dim) clip features (see :meth:`encode`).
 
         Returns:
             (B,) logits (positive: match).
         """
-        logits = self._align_logits(self.encode(input_ids, token_type_ids, attention_mask)[:, 0])
+        emb, h = self.encode_layers(input_ids, token_type_ids, attention_mask, features)
+        logits = self._align_logits(emb, h, token_type_ids, attention_mask)
         return logits[:, 1] - logits[:, 0]
 
     def _embed(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor,
@@ -321,8 +348,10 @@ class VideoBert(nn.Module):
                 "loss_video_mlm": video[0], "n_video_mlm": video[1],
                 "correct_video_mlm": video[2]}
 
-    def _align_terms(self, h: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        logits = self._align_logits(h[:, 0]).float()  # (B, 2)
+    def _align_terms(self, emb: Tensor, h: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        labels = batch["align_labels"]
+        logits = self._align_logits(emb, h, batch["token_type_ids"],
+                                    batch["attention_mask"]).float()  # (B, 2)
         valid = labels != -100  # text-only / video-only rows carry -100
         n = valid.sum()
         loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum") / n.clamp(min=1)
@@ -353,7 +382,8 @@ class VideoBert(nn.Module):
 
         Args:
             batch: input_ids, token_type_ids, attention_mask, mlm_pos, mlm_labels, mlm_is_video,
-                align_labels; optionally feat_pos/feat_targets and ctr_* pairs.
+                align_labels; optionally features (read when ``config.feature_input``),
+                feat_pos/feat_targets and ctr_* pairs.
 
         Returns:
             The total loss (scalar, with grad) and detached metrics: ``loss_text_mlm``,
@@ -361,9 +391,10 @@ class VideoBert(nn.Module):
             and ``n_*`` / ``correct_*`` counts for text MLM, video MLM and alignment.
         """
         cfg = self.config
-        h = self.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        emb, h = self.encode_layers(batch["input_ids"], batch["token_type_ids"],
+                                    batch["attention_mask"], batch.get("features"))
         flat = h.reshape(-1, h.shape[-1])  # (B*T, D)
-        out = self._mlm_terms(flat, batch) | self._align_terms(h, batch["align_labels"])
+        out = self._mlm_terms(flat, batch) | self._align_terms(emb, h, batch)
         total = (cfg.w_text * out["loss_text_mlm"] + cfg.w_video * out["loss_video_mlm"]
                  + cfg.w_align * out["loss_align"])
         if cfg.w_feature > 0 and "feat_pos" in batch:

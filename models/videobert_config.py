@@ -34,6 +34,12 @@ class VideoBertConfig:
         feature_encoder: the clip-feature encoder (``clip_features.encoder``) it reads.
         proj_dim: size of the text/video embeddings used for retrieval and the contrastive term.
         w_text, w_video, w_align, w_feature, w_contrastive: loss weights per objective.
+        align_head: ``"cls"``: the paper's alignment head, BERT's pooler on ``[CLS]`` then
+            ``Linear(D, 2)``; ``"cls+bilinear"`` (new models): the same plus a bilinear score
+            of the mean input embeddings of the text part and of the video part, which gives
+            the head a first-order signal from step one (the ``[CLS]`` head alone sits at
+            chance for hundreds to thousands of steps; README, "Why the alignment head
+            learns"). Configs saved before it existed read as ``"cls"``.
         codebook_id: the codebook whose visual tokens this model reads (None: not yet bound).
         init_from: where the text weights came from (``"minilm"`` or a BERT checkpoint path).
     """
@@ -58,6 +64,7 @@ class VideoBertConfig:
     w_align: float = 1.0
     w_feature: float = 0.0
     w_contrastive: float = 0.0
+    align_head: str = "cls"
     codebook_id: str | None = None
     init_from: str | None = None
 
@@ -80,6 +87,8 @@ class VideoBertConfig:
                 raise ValueError(f"loss weight {name} must be >= 0, got {getattr(self, name)!r}")
         if self.w_feature > 0 and self.feature_dim <= 0:
             raise ValueError(f"w_feature={self.w_feature} needs feature_dim > 0")
+        if self.align_head not in ("cls", "cls+bilinear"):
+            raise ValueError(f"align_head={self.align_head!r}: 'cls' or 'cls+bilinear'")
         if self.feature_input and self.feature_dim <= 0:
             raise ValueError("feature_input needs feature_dim > 0")
 
@@ -148,4 +157,5 @@ def config_for(preset: str, n_visual: int, **overrides: Any) -> VideoBertConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     return VideoBertConfig.from_dict(
-        {"preset": preset, "n_visual": n_visual, **PRESETS[preset], **overrides})
+        {"preset": preset, "n_visual": n_visual, "align_head": "cls+bilinear", **PRESETS[preset],
+         **overrides})

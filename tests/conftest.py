@@ -20,6 +20,9 @@ os.environ.pop("VIDEOBERT_HOME", None)
 
 import pytest  # noqa: E402
 
+# the small pretraining warehouse and its corpus files (tests/pretrain_fixtures.py)
+from tests.pretrain_fixtures import corpus, feat_corpus, tokenizer, warehouse  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():

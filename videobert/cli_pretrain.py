@@ -39,6 +39,9 @@ def pretrain(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
     positive_share: Annotated[float, typer.Option(
         help="Share of the first steps on matched text-video pairs only", min=0, max=1)] = 0.5,
+    features: Annotated[str, typer.Option(
+        help="Clip features read beside the visual tokens: auto (i3d when present), none, "
+             "or an encoder")] = "auto",
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
     home: HomeOpt = None,
 ) -> None:
@@ -54,7 +57,8 @@ def pretrain(
             home=str(h), preset=preset, steps=steps, resume=resume, batch_size=batch_size,
             lr=lr, seed=seed, device=device, compile=compile_, codebook=codebook,
             continue_from=continue_from, eval_every=eval_every, ckpt_every=ckpt_every,
-            threads=threads, positive_share=positive_share, progress=sys.stderr.isatty())
+            threads=threads, positive_share=positive_share, features=features,
+            progress=sys.stderr.isatty())
         with local_flow_settings():
             summary = pretrain_flow(params)
     except (WarehouseError, ValueError) as e:

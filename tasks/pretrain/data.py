@@ -20,7 +20,7 @@ bucketed. A batch's masking is drawn from ``(seed, epoch, batch index)``. So
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 
 from models.vocab import CLS, MASK, PAD, SEP, TEXT_VOCAB, VIS_OFFSET, VSEP
 from tasks.pretrain.corpus import CORPUS_FORMAT, Corpus, export_corpus, load_corpus
+from tasks.pretrain.data_config import DataConfig
 
 __all__ = ["CORPUS_FORMAT", "Corpus", "DataConfig", "EpochPlan", "PretrainData",
            "export_corpus", "load_corpus"]
@@ -40,66 +41,6 @@ KINDS = ("joint", "text_only", "video_only")
 IGNORE = -100
 SPLITS = ("train", "val", "test")
 _PLAN_TAG, _BATCH_TAG = 0x504C414E, 0x42415443  # separate seed streams for plans and batches
-
-
-@dataclass
-class DataConfig:
-    """How pretraining examples are drawn and batched (defaults follow VideoBERT/BERT)."""
-
-    max_seq: int = 128  # longest sequence, specials included
-    max_text: int = 48  # wordpieces of text per example (joined sentences are truncated)
-    max_video: int = 48  # visual tokens per example (after stride subsampling)
-    p_text_only: float = 0.2  # share of an epoch's examples that are text-only
-    p_video_only: float = 0.2  # share that are video-only
-    p_negative: float = 0.5  # share of joint examples made mismatched (alignment label 0)
-    p_join: float = 0.3  # probability of joining the next sentence of the same video
-    stride: tuple[int, int] = (1, 5)  # video-token subsampling stride, drawn in [lo, hi]
-    mask_prob: float = 0.15  # BERT masking rate over non-special positions
-    mlm_on_negatives: bool = True  # score masked tokens of mismatched joint rows too (BERT)
-    mask_weighting: str = "uniform"  # "idf": rarer words are likelier to be masked
-    positive_batches: int = 0  # cross-modal warm-up: at least this many first train batches
-    # hold matched joint rows only, rounded up to whole epochs (PretrainData.warmup)
-    batch_size: int = 32
-    feature_encoder: str | None = None  # export_corpus's feature_encoder (masked-feature targets)
-    contrastive: bool = False  # add ctr_* text/video pairs from the positive joint rows
-    seed: int = 0
-    neg_min_gap: int = 4  # clips between a same-video negative and the true clips, at least
-    bucket_batches: int = 50  # length bucketing groups examples within this many batches
-
-    def __post_init__(self) -> None:
-        self.stride = (int(self.stride[0]), int(self.stride[1]))
-        for name in ("p_text_only", "p_video_only", "p_negative", "p_join", "mask_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not in [0, 1]")
-        if self.p_text_only + self.p_video_only >= 1.0:
-            raise ValueError(f"p_text_only + p_video_only = "
-                             f"{self.p_text_only + self.p_video_only!r} leaves no joint examples")
-        if not 1 <= self.stride[0] <= self.stride[1]:
-            raise ValueError(f"stride={self.stride!r} must be (lo, hi) with 1 <= lo <= hi")
-        if self.positive_batches < 0:
-            raise ValueError(f"positive_batches must be >= 0, got {self.positive_batches}")
-        if min(self.max_text, self.max_video, self.batch_size, self.bucket_batches) < 1:
-            raise ValueError(f"max_text, max_video, batch_size and bucket_batches must be "
-                             f">= 1: {self}")
-        if self.mask_weighting not in ("uniform", "idf"):
-            raise ValueError(f"mask_weighting={self.mask_weighting!r}: 'uniform' or 'idf'")
-        if self.max_seq < 5:
-            raise ValueError(f"max_seq={self.max_seq!r} cannot hold [CLS] text [>] video [SEP]")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (checkpoints store it to resume with the same data)."""
-        d = asdict(self)
-        d["stride"] = list(self.stride)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DataConfig fields {sorted(unknown)}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------- examples
@@ -161,13 +102,16 @@ class PretrainData:
         self.codebook_id: str = c.meta["codebook_id"]
         self.n_visual: int = int(c.meta["n_visual"])
         self.feature_dim: int = int(c.meta.get("feature_dim") or 0)
+        if self.cfg.feature_input and c.feats is None:
+            raise ValueError(f"feature_input needs a corpus exported with features; "
+                             f"{corpus_path} has none (export_corpus(feature_encoder=...))")
         self._ntok = np.diff(c.tok_off)
         times = np.concatenate([c.clip_end, c.seg_end, [0.0]])
         self._width = float(np.ceil(times.max())) + 1.0  # keys video * width + t sort by (v, t)
         self._start_key = c.clip_video * self._width + c.clip_start
         # fixed windows end in start order; the running max keeps searchsorted valid otherwise
         self._end_key = np.maximum.accumulate(c.clip_video * self._width + c.clip_end)
-        lo, hi = self._overlap(c.seg_video, c.seg_start, c.seg_end)
+        lo, hi = self.overlap(c.seg_video, c.seg_start, c.seg_end)
         self._joint_cand = np.flatnonzero((hi > lo) & (self._ntok > 0))
         self._text_cand = np.flatnonzero(self._ntok > 0)
         n_clips = np.diff(c.clip_off)
@@ -206,7 +150,7 @@ class PretrainData:
             n_video = round(total * cfg.p_video_only) if len(self._win_start) else 0
         return {"joint": n_joint, "text_only": n_text, "video_only": n_video}
 
-    def _overlap(self, vid: np.ndarray, t0: np.ndarray, t1: np.ndarray
+    def overlap(self, vid: np.ndarray, t0: np.ndarray, t1: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Clips [lo, hi) of video ``vid`` with start < t1 and end > t0 (hi <= lo: none)."""
         lo = np.searchsorted(self._end_key, vid * self._width + t0, side="right")
@@ -293,11 +237,14 @@ class PretrainData:
     def _negatives(self, rng: np.random.Generator, v: np.ndarray, lo: np.ndarray,
                    hi: np.ndarray, p_negative: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first clip, clip span, label): a share p_negative moved to another video or to a
-        time at least neg_min_gap clips away in the same video."""
-        c, g, n = self.corpus, self.cfg.neg_min_gap, len(v)
+        time at least neg_min_gap clips away in the same video (in a video too short for that,
+        as far away as it allows without overlapping the true clips)."""
+        c, n = self.corpus, len(v)
         span = hi - lo
         neg = rng.random(n) < p_negative
         vs, ve = c.clip_off[v], c.clip_off[v + 1]
+        widest = np.maximum(lo - vs - span, ve - span - hi)  # the largest gap this video has
+        g = np.clip(widest, 0, self.cfg.neg_min_gap)
         left = np.maximum(0, lo - g - span - vs + 1)  # window starts in [vs, lo-g-span]
         right = np.maximum(0, ve - span - hi - g + 1)  # window starts in [hi+g, ve-span]
         u = _randint(rng, left + right, n)
@@ -310,7 +257,7 @@ class PretrainData:
         o_span = np.minimum(span, o_len)
         o_lo = c.clip_off[other] + _randint(rng, o_len - o_span + 1, n)
         same_ok, other_ok = left + right > 0, m >= 2
-        use_other = other_ok & (~same_ok | (rng.random(n) < 0.5))
+        use_other = other_ok & (~same_ok | (rng.random(n) >= self.cfg.p_same_video))
         neg &= same_ok | other_ok
         vlo = np.where(neg, np.where(use_other, o_lo, same_lo), lo)
         return vlo, np.where(neg & use_other, o_span, span), np.where(neg, 0, 1)
@@ -321,7 +268,7 @@ class PretrainData:
         nxt = np.minimum(seg + 1, len(c.seg_end) - 1)
         t1 = np.where(joined, np.maximum(c.seg_end[seg], c.seg_end[nxt]), c.seg_end[seg])
         v = c.seg_video[seg]
-        lo, hi = self._overlap(v, c.seg_start[seg], t1)
+        lo, hi = self.overlap(v, c.seg_start[seg], t1)
         vlo, span, label = self._negatives(rng, v, lo, hi, 0.0 if warm else cfg.p_negative)
         cap = np.minimum(cfg.max_video, cfg.max_seq - 3 - tl)
         start, stride, count = self._subsample(rng, vlo, span, cap, extend=False)
@@ -391,8 +338,9 @@ class PretrainData:
         Returns:
             input_ids, token_type_ids, attention_mask, mlm_pos, mlm_labels, mlm_is_video,
             align_labels, n_tokens; feat_pos/feat_targets when the corpus has features and a
-            masked video position has one; ctr_* pairs when cfg.contrastive and the batch has
-            two or more matched joint rows.
+            masked video position has one; features (B, T, feature_dim) when
+            cfg.feature_input; ctr_* pairs when cfg.contrastive and the batch has two or more
+            matched joint rows.
         """
         p = self.plan(epoch)
         if not 0 <= index < len(p.bounds) - 1:
@@ -402,7 +350,7 @@ class PretrainData:
         kind, tl = p.kind[rows], p.text_len[rows]
         tb = self.corpus.tok_off[np.maximum(p.seg[rows], 0)]
         vs, vst, vc = p.vstart[rows], p.vstride[rows], p.vcount[rows]
-        ids, types, attn, mod, clip = self._layout(tb, tl, kind != TEXT_ONLY, vs, vst, vc)
+        ids, types, attn, mod, clip = self.layout(tb, tl, kind != TEXT_ONLY, vs, vst, vc)
         pos, labels, is_video = self._mask(rng, ids, mod)
         if not self.cfg.mlm_on_negatives:
             # A mismatched row is masked like any other (the alignment head must not see a
@@ -417,6 +365,8 @@ class PretrainData:
             "mlm_labels": torch.from_numpy(labels), "mlm_is_video": torch.from_numpy(is_video),
             "align_labels": torch.from_numpy(p.align[rows].astype(np.int64)),
             "n_tokens": int(attn.sum())}
+        if self.cfg.feature_input and self.corpus.feats is not None:
+            out["features"] = torch.from_numpy(self.input_features(clip, pos))
         if self.corpus.feats is not None:
             vclip = clip.reshape(-1)[pos[is_video]]
             ok = ~np.isnan(self.corpus.feats[vclip, 0])
@@ -425,9 +375,9 @@ class PretrainData:
                 out["feat_targets"] = torch.from_numpy(self.corpus.feats[vclip[ok]])
         pair = np.flatnonzero((kind == JOINT) & (p.align[rows] == 1))
         if self.cfg.contrastive and len(pair) >= 2:
-            t_ids, _, t_mask, _, _ = self._layout(tb[pair], tl[pair], np.zeros(len(pair), bool),
+            t_ids, _, t_mask, _, _ = self.layout(tb[pair], tl[pair], np.zeros(len(pair), bool),
                                                   vs[pair], vst[pair], vc[pair] * 0)
-            v_ids, _, v_mask, _, _ = self._layout(tb[pair], tl[pair] * 0,
+            v_ids, _, v_mask, _, _ = self.layout(tb[pair], tl[pair] * 0,
                                                   np.ones(len(pair), bool), vs[pair], vst[pair],
                                                   vc[pair])
             out.update(ctr_text_ids=torch.from_numpy(t_ids),
@@ -436,7 +386,7 @@ class PretrainData:
                        ctr_video_mask=torch.from_numpy(v_mask))
         return out
 
-    def _layout(self, tb: np.ndarray, tl: np.ndarray, has_v: np.ndarray, vs: np.ndarray,
+    def layout(self, tb: np.ndarray, tl: np.ndarray, has_v: np.ndarray, vs: np.ndarray,
                 vst: np.ndarray, vc: np.ndarray) -> tuple[np.ndarray, ...]:
         """Padded ``[CLS] text [>] video [SEP]`` rows (parts absent where tl = 0 / not has_v).
 
@@ -462,6 +412,20 @@ class PretrainData:
         types = (hv & (t > tl_) & attn).astype(np.int64)
         mod = is_text.astype(np.int8) + 2 * is_vid.astype(np.int8)
         return ids, types, attn, mod, clip
+
+    def input_features(self, clip: np.ndarray, hidden: np.ndarray | None = None) -> np.ndarray:
+        """(B, T, feature_dim) unit-length clip features at the visual positions of ``clip``
+        (from :meth:`layout`), zeros elsewhere, for clips without a feature and at the flat
+        positions ``hidden`` (masked tokens: their feature would give the answer away)."""
+        feats = self.corpus.feats
+        assert feats is not None, "the corpus has no features"
+        out = np.zeros((*clip.shape, feats.shape[1]), np.float32)
+        at = clip >= 0
+        f = np.nan_to_num(feats[clip[at]], nan=0.0)
+        out[at] = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        if hidden is not None:
+            out.reshape(-1, feats.shape[1])[hidden] = 0.0
+        return out
 
     def _mask(self, rng: np.random.Generator, ids: np.ndarray, mod: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,9 +5,11 @@ manifest records both), a cloze template is filled with every candidate word of 
 (all objects for the noun probe, all motions for the verb probe). Multi-piece words get one
 ``[MASK]`` per WordPiece; a candidate's score is the mean log-probability of its pieces at the
 masked positions. The clip's visual token follows ``[>]``: ``[CLS] template [>] v [SEP]``.
-The text-only baseline is the same model with the video hidden (``[CLS] template [SEP]``), so
-any gain comes from reading the visual tokens. Top-1 / top-5 accuracy of the true word among
-the candidates are reported for nouns and verbs, with and without video, and chance levels.
+A model that reads clip features (``feature_input``) gets the clip's feature at the visual
+token too, as in training. The text-only baseline is the same model with the video hidden
+(``[CLS] template [SEP]``), so any gain comes from reading the video. Top-1 / top-5 accuracy
+of the true word among the candidates are reported for nouns and verbs, with and without
+video, and chance levels.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from models.vocab import CLS, MASK, PAD, SEP, TEXT_SEGMENT, VIDEO_SEGMENT, VSEP, visual_id
+from tasks.shared.clip_features import clip_features
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -37,22 +40,29 @@ class ProbeItem:
     tokens: tuple[int, ...]
     object: str
     motion: str
+    feature: np.ndarray | None = None  # unit clip feature, for models that read features
 
 
-def load_items(wh: Warehouse, codebook_id: str, split: str = "test") -> list[ProbeItem]:
-    """Held-out clips with object/motion labels and their visual token (one per clip)."""
+def load_items(wh: Warehouse, codebook_id: str, split: str = "test",
+               feature_encoder: str | None = None) -> list[ProbeItem]:
+    """Held-out clips with object/motion labels and their visual token (one per clip), with
+    their ``feature_encoder`` feature when one is named."""
     con = wh.connect()
     rows = con.execute(queries.load("probe_items"), [codebook_id, split]).fetchall()
     con.close()
+    feats = clip_features(wh, feature_encoder) if feature_encoder else {}
     seen: dict[str, ProbeItem] = {}
     for clip_id, _video, token, obj, motion in rows:
-        seen.setdefault(clip_id, ProbeItem(clip_id, (int(token),), obj, motion))
+        seen.setdefault(clip_id, ProbeItem(clip_id, (int(token),), obj, motion,
+                                           feats.get(clip_id)))
     return list(seen.values())
 
 
 def _sequences(tokenizer: Any, template: str, word: str, items: Sequence[ProbeItem],
-               with_video: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """Batch of cloze inputs for one candidate word; returns ids, types, mask, target pieces."""
+               with_video: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int],
+                                          torch.Tensor | None]:
+    """Batch of cloze inputs for one candidate word; returns ids, types, mask, target pieces
+    and the clip features at the visual positions (None without video or features)."""
     pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
     text = template.format(slot=" ".join(["[MASK]"] * len(pieces)))
     text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -74,7 +84,13 @@ def _sequences(tokenizer: Any, template: str, word: str, items: Sequence[ProbeIt
     for i, (r, t) in enumerate(zip(rows, types, strict=True)):
         ids_t[i, :len(r)] = torch.tensor(r)
         tt_t[i, :len(t)] = torch.tensor(t)
-    return ids_t, tt_t, ids_t != PAD, pieces
+    feats = None
+    if with_video and all(it.feature is not None for it in items):
+        at = len(text_ids) + 2  # [CLS] template [>] v
+        feats = torch.zeros((len(rows), width, len(items[0].feature)))
+        for i, it in enumerate(items):
+            feats[i, at] = torch.from_numpy(it.feature)
+    return ids_t, tt_t, ids_t != PAD, pieces, feats
 
 
 @torch.no_grad()
@@ -90,10 +106,10 @@ def candidate_scores(model: Any, tokenizer: Any, template: str, words: Sequence[
     out = np.zeros((len(items), len(words)), dtype=np.float64)
     for j, word in enumerate(words):
         for s in range(0, len(items), batch):
-            ids, tt, am, pieces = _sequences(tokenizer, template, word, items[s:s + batch],
-                                             with_video)
+            ids, tt, am, pieces, f = _sequences(tokenizer, template, word, items[s:s + batch],
+                                                with_video)
             ids, tt, am = ids.to(device), tt.to(device), am.to(device)
-            hidden = model.encode(ids, tt, am)  # (B, T, D)
+            hidden = model.encode(ids, tt, am, None if f is None else f.to(device))  # (B, T, D)
             masks = (ids[0] == MASK).nonzero().flatten().tolist()
             slot = masks[-len(pieces):]  # the candidate's slot is the last masked span
             logp = torch.log_softmax(model.mlm_text_logits(hidden[:, slot].reshape(
@@ -164,10 +180,11 @@ def probe_run(home: Any, model_run: str | None = None, split: str = "test",
            else model_runs.latest_done(wh, "pretrain"))
     if run is None or not run[2]:
         raise ValueError(f"no finished pretraining run {model_run or ''} in {home}")
-    items = load_items(wh, run[1], split)
+    model = VideoBert.from_pretrained(Path(home) / run[2], device=device)
+    cfg = model.config
+    items = load_items(wh, run[1], split, cfg.feature_encoder if cfg.feature_input else None)
     if not items:
         return {"model_run": run[0], "n_items": 0}
-    model = VideoBert.from_pretrained(Path(home) / run[2], device=device)
     res = run_probe(model, text_tokenizer(), items, device=device) | {"model_run": run[0]}
     step = int(model_runs.one(wh, "model_run_steps", [run[0]])[0] or 0)
     values = {f"probe_{p}_{k}": v for p in ("noun", "verb") for k, v in res[p].items()}

@@ -38,6 +38,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from models.device import pick_device
 from models.videobert import VideoBert, build_model, text_tokenizer
 from tasks.pretrain import checkpoint as ckpt
+from tasks.pretrain.align_eval import evaluate_alignment
 from tasks.pretrain.data import DataConfig, PretrainData
 from tasks.pretrain.metrics import MetricSums, WarehouseSink, metric_rows, plot_history
 from tasks.pretrain.train_dist import BatchStream, DistInfo, barrier, dist_from_env
@@ -138,7 +139,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 def evaluate(model: VideoBert, data: PretrainData | None, cfg: TrainConfig,
              device: torch.device, dist: DistInfo) -> dict[str, float]:
     """Mean losses and accuracies over the first ``cfg.eval_batches`` val batches (epoch 0:
-    the same batches at every evaluation). RNG-neutral, so it cannot change training."""
+    the same batches at every evaluation), and the held-out alignment accuracies against
+    other-video and same-video negatives (:mod:`tasks.pretrain.align_eval`). RNG-neutral, so
+    it cannot change training."""
     if data is None:
         return {}
     sums = MetricSums(device)
@@ -154,9 +157,11 @@ def evaluate(model: VideoBert, data: PretrainData | None, cfg: TrainConfig,
             with autocast(device):
                 loss, metrics = model.loss(to_device(batch, device))
             sums.add(metrics, loss)
+        with autocast(device):
+            aligned = evaluate_alignment(model, data, device=device, seed=cfg.seed)
     model.train(was_training)
     sums.reduce(dist.world)
-    return sums.means()
+    return sums.means() | aligned
 
 
 @dataclass
@@ -211,13 +216,17 @@ def _build_model(job: TrainJob, train: PretrainData) -> VideoBert:
     """Fresh weights for the preset, or those of ``init_from`` (continued pretraining)."""
     meta = train.corpus.meta
     if job.init_from:
-        model = VideoBert.from_pretrained(job.init_from)
+        model = VideoBert.from_pretrained(job.init_from).train()
         if model.config.n_visual != int(meta["n_visual"]):
             raise ValueError(f"{job.init_from} reads {model.config.n_visual} visual tokens, "
                              f"the corpus {job.corpus_path} has {meta['n_visual']}")
-        return model.train()
-    return build_model(job.preset, int(meta["n_visual"]), codebook_id=meta["codebook_id"],
-                       feature_dim=int(meta.get("feature_dim") or 0), **job.model_overrides)
+    else:
+        model = build_model(job.preset, int(meta["n_visual"]), codebook_id=meta["codebook_id"],
+                            feature_dim=int(meta.get("feature_dim") or 0),
+                            **job.model_overrides)
+    if train.cfg.feature_input:  # the same zero-initialised projection fine-tuning uses
+        model.enable_feature_input(train.feature_dim, meta["feature_encoder"])
+    return model
 
 
 def _restore(run: _Run, folder: Path, state: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from models.vocab import CLS, PAD, SEP, VIDEO_SEGMENT, VSEP, visual_id
 from tasks.retrieval.metrics import retrieval_metrics
+from tasks.shared.clip_features import clip_features as clip_features  # re-exported
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -86,22 +87,6 @@ def load_pairs(wh: Warehouse, codebook_id: str, split: str,
     return Pairs(segment_ids=[r[0] for r in rows], video_ids=[r[1] for r in rows],
                  texts=[r[2] for r in rows], clip_ids=[tuple(r[3]) for r in rows],
                  tokens=[tuple(int(t) for t in r[4]) for r in rows], features=features)
-
-
-def clip_features(wh: Warehouse, encoder: str) -> dict[str, np.ndarray]:
-    """``clip_id -> unit-length float32 feature`` of an encoder's newest version ({} if none)."""
-    con = wh.connect()
-    try:
-        version = con.execute(queries.load("latest_feature_version"), [encoder]).fetchone()
-        rows = [] if version is None else con.execute(
-            queries.load("features_of_encoder"), [encoder, version[0]]).fetchall()
-    finally:
-        con.close()
-    out = {}
-    for clip_id, _video, vec in rows:
-        v = np.asarray(vec, np.float32)
-        out[clip_id] = v / max(float(np.linalg.norm(v)), 1e-12)
-    return out
 
 
 def text_inputs(tokenizer: Any, texts: Sequence[str], max_text: int
