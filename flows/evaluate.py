@@ -76,16 +76,18 @@ def evaluate_task(home: Path, split: str, encoder: str, model_run: str, run: tup
     for level in ("clip", "video"):
         index = load_current(home / "indices", encoder, model_run, level)
         rows.append(ev.index_row(es, text, index, level) | {"encoder": encoder})
-    if rerank and run is not None:
-        rows.append(_rerank(wh, es, text, clip, run, rerank_top, device))
+        if rerank and run is not None and level == "clip":
+            rows.append(_rerank(wh, es, text, clip, index, run, rerank_top, device))
     return [r | {"model_run": model_run} for r in rows]
 
 
-def _rerank(wh: Warehouse, es: Any, text: Any, clip: Any, run: tuple, top: int,
+def _rerank(wh: Warehouse, es: Any, text: Any, clip: Any, index: Any, run: tuple, top: int,
             device: str) -> dict[str, Any]:
     from models.device import pick_device
     from models.videobert import VideoBert, text_tokenizer
     from tasks.retrieval import evaluate as ev
+    from tasks.retrieval import rerank as rr
+    from tasks.shared.clip_features import clip_features
     from warehouse import queries
 
     dev = str(pick_device(device))
@@ -94,9 +96,12 @@ def _rerank(wh: Warehouse, es: Any, text: Any, clip: Any, run: tuple, top: int,
     tokens = dict(con.execute(queries.load("clip_tokens"), [run[1], es.clip_ids]).fetchall())
     texts = dict(con.execute(queries.load("segment_texts"), [es.segment_ids]).fetchall())
     con.close()
-    row = ev.rerank_row(es, text, clip, model, text_tokenizer(),
+    cfg = model.config
+    feats = clip_features(wh, cfg.feature_encoder) if rr.reads_features(model) else None
+    row = ev.rerank_row(es, text, clip, index, model, text_tokenizer(),
                         [texts[s] for s in es.segment_ids],
-                        [tokens.get(c, 0) for c in es.clip_ids], top=top, device=dev)
+                        [tokens.get(c, 0) for c in es.clip_ids],
+                        rr.features_of(es.clip_ids, feats), top=top, device=dev)
     return row | {"encoder": "videobert+rerank"}
 
 

@@ -46,6 +46,8 @@ class FinetuneParams(BaseModel):
                                    "teacher's text side; needed with distill=clip")
     features: str | None = Field("i3d", description="Clip features added to the visual "
                                  "tokens (an encoder of clip_features); None: tokens only")
+    itm_weight: float = Field(1.0, ge=0, description="Weight of the cross-encoder (re-ranking) "
+                              "term with hard negatives; 0: no re-ranking head")
     seed: int = Field(0, description="Seed of the batch order")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
 
@@ -108,7 +110,8 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     val = load_pairs(wh, codebook_id, "val", feats)
     cfg = FinetuneConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr,
                          eval_every=p.eval_every, patience=p.patience, distill=p.distill,
-                         features=p.features if feats else None, seed=p.seed)
+                         features=p.features if feats else None, itm_weight=p.itm_weight,
+                         seed=p.seed)
     teacher = _teacher(wh, train, str(device), p.distill, p.clip_model) if p.distill else None
     sink = WarehouseSink(home, model_run)
 
@@ -125,6 +128,7 @@ def train_task(home: Path, model_run: str, parent: tuple, p: FinetuneParams) -> 
     model.save_pretrained(final)
     return {"checkpoint": str(final), "best_step": result.best_step, "best": result.best,
             "stopped_early": result.stopped_early, "device": str(device),
+            "rerank": result.rerank,
             "data": {"train_pairs": len(train), "val_pairs": len(val)},
             "history": result.history}
 
@@ -153,7 +157,8 @@ def _row(home: Path, model_run: str, parent: tuple, p: FinetuneParams, status: s
             "steps": result.get("best_step"),
             "config_json": json.dumps({"params": p.model_dump(mode="json")}, sort_keys=True),
             "data_json": json.dumps(result["data"]) if "data" in result else None,
-            "metrics_json": json.dumps({"val": result["best"]}) if "best" in result else None,
+            "metrics_json": (json.dumps({"val": result["best"], "rerank": result.get("rerank")})
+                             if "best" in result else None),
             "checkpoint_path": (model_runs.rel(home, result["checkpoint"])
                                 if "checkpoint" in result else None),
             "flow_run_id": str(flow_run.id) if flow_run.id else None,
@@ -194,7 +199,8 @@ def finetune_flow(params: FinetuneParams) -> dict[str, Any]:
              result["best_step"], added["added"])
     return {"model_run": model_run, "parent_run": parent[0], "codebook_id": parent[1],
             "best_step": result["best_step"], "val": best, "embeddings": added["added"],
-            "checkpoint": result["checkpoint"], "stopped_early": result["stopped_early"]}
+            "checkpoint": result["checkpoint"], "stopped_early": result["stopped_early"],
+            "rerank": result.get("rerank")}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class PretrainParams(BaseModel):
     positive_share: float = Field(0.5, ge=0, le=1, description="Share of the first steps "
                                   "trained on matched text-video pairs only (cross-modal "
                                   "warm-up; 0: the full mix from the start)")
+    align_weight: float = Field(1.0, ge=0, description="Weight of the text-video alignment "
+                                "loss (masked words and visual tokens weigh 1)")
     features: str = Field("auto", description="Clip features the model reads beside its "
                           "visual tokens: auto (i3d when the warehouse has them), none, or an "
                           "encoder of clip_features")
@@ -156,7 +158,8 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
                    data={"batch_size": p.batch_size, "max_seq": p.max_seq, "seed": p.seed,
                          "positive_batches": round(p.positive_share * p.steps * p.accum),
                          "feature_encoder": encoder, "feature_input": encoder is not None},
-                   train=train, home=str(home), progress=p.progress)
+                   train=train, home=str(home), progress=p.progress,
+                   model_overrides={"w_align": p.align_weight})
     return RunPlan(job, codebook, p.continue_from, utcnow(), resumed=False)
 
 

@@ -40,6 +40,8 @@ class VideoBertConfig:
             the head a first-order signal from step one (the ``[CLS]`` head alone sits at
             chance for hundreds to thousands of steps; README, "Why the alignment head
             learns"). Configs saved before it existed read as ``"cls"``.
+        rerank_weight: weight of the alignment log-odds added to the dual-encoder similarity
+            when re-ranking (tuned on validation by retrieval fine-tuning; None: not tuned).
         codebook_id: the codebook whose visual tokens this model reads (None: not yet bound).
         init_from: where the text weights came from (``"minilm"`` or a BERT checkpoint path).
     """
@@ -65,6 +67,7 @@ class VideoBertConfig:
     w_feature: float = 0.0
     w_contrastive: float = 0.0
     align_head: str = "cls"
+    rerank_weight: float | None = None
     codebook_id: str | None = None
     init_from: str | None = None
 

@@ -39,6 +39,9 @@ def pretrain(
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch")] = None,
     positive_share: Annotated[float, typer.Option(
         help="Share of the first steps on matched text-video pairs only", min=0, max=1)] = 0.5,
+    align_weight: Annotated[float, typer.Option(
+        help="Weight of the text-video alignment loss (masked words/tokens weigh 1)", min=0)]
+    = 1.0,
     features: Annotated[str, typer.Option(
         help="Clip features read beside the visual tokens: auto (i3d when present), none, "
              "or an encoder")] = "auto",
@@ -58,6 +61,7 @@ def pretrain(
             lr=lr, seed=seed, device=device, compile=compile_, codebook=codebook,
             continue_from=continue_from, eval_every=eval_every, ckpt_every=ckpt_every,
             threads=threads, positive_share=positive_share, features=features,
+            align_weight=align_weight,
             progress=sys.stderr.isatty())
         with local_flow_settings():
             summary = pretrain_flow(params)

@@ -36,6 +36,9 @@ def finetune(
     features: Annotated[str, typer.Option(
         help="Clip features added to the visual tokens: an encoder (i3d, clip, concepts) or "
              "none (visual tokens only)")] = "i3d",
+    itm_weight: Annotated[float, typer.Option(
+        help="Weight of the cross-encoder (re-ranking) term with hard negatives; 0: off",
+        min=0)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the batch order")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table or json summary")] = Fmt.table,
@@ -53,7 +56,7 @@ def finetune(
             summary = finetune_flow(FinetuneParams(
                 home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
                 eval_every=eval_every, patience=patience, distill=distill, seed=seed,
-                clip_model=clip_model, device=device,
+                clip_model=clip_model, device=device, itm_weight=itm_weight,
                 features=None if features.lower() == "none" else features))
     except (WarehouseError, ValueError) as e:
         fail(str(e))
@@ -64,6 +67,10 @@ def finetune(
     print_rows(["metric", "value"], [(k, f"{float(v):.4g}") for k, v in val.items()], Fmt.table,
                title=f"{summary['model_run']} (from {summary['parent_run']}): best val "
                      f"text->clip at step {summary['best_step']}")
+    rr = summary.get("rerank")
+    if rr:
+        out.print(f"re-ranking: weight {rr['weight']:g} (val text->clip R@1 "
+                  f"{rr['r1_dual']:.1f} -> {rr['r1_fused']:.1f})")
     out.print(f"checkpoint: {summary['checkpoint']}\nembeddings: {summary['embeddings']}")
 
 
@@ -143,7 +150,10 @@ def search(
     encoder: Annotated[str | None, typer.Option(
         help="videobert, concepts or clip (default: the live model, else concepts)")] = None,
     model_run: Annotated[str | None, typer.Option(help="A specific fine-tune run")] = None,
-    rerank: Annotated[bool, typer.Option(help="Re-score with the alignment head")] = False,
+    rerank: Annotated[bool, typer.Option(
+        help="Re-rank the top candidates with VideoBERT as a cross-encoder (alignment head "
+             "fused with the similarity)")] = False,
+    rerank_top: Annotated[int, typer.Option(help="Candidates re-ranked", min=1)] = 20,
     clip_model: Annotated[str | None, typer.Option(help="CLIP weights (for --encoder clip)")]
     = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")] = Fmt.table,
@@ -152,7 +162,7 @@ def search(
     """Search the indexed videos: path, clip start-end, score and the text said there.
 
     JSON output (--format json) is an array of objects with rank, clip_id, video_id, path,
-    start_s, end_s, score, text (and align_logit with --rerank)."""
+    start_s, end_s, score, text (and align_logit and rerank_score with --rerank)."""
     from tasks.retrieval.index_load import IndexRefused
     from tasks.retrieval.search import SearchUnavailable, open_searcher
     from tasks.retrieval.search import search as run_search
@@ -163,13 +173,13 @@ def search(
         s = open_searcher(Path(h), encoder, model_run=model_run, clip_model=clip_model,
                           rerank=rerank)
         t1 = time.perf_counter()
-        hits = run_search(Path(h), s, query, k, rerank=rerank)
+        hits = run_search(Path(h), s, query, k, rerank=rerank, rerank_top=rerank_top)
         t2 = time.perf_counter()
     except (SearchUnavailable, IndexRefused, ValueError, FileNotFoundError) as e:
         fail(str(e))
     cols = ["rank", "path", "start_s", "end_s", "score", "text"]
     if rerank:
-        cols.insert(5, "align_logit")
+        cols[5:5] = ["align_logit", "rerank_score"]
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(hits) + "\n")
         return

@@ -217,6 +217,9 @@ def _build_model(job: TrainJob, train: PretrainData) -> VideoBert:
     meta = train.corpus.meta
     if job.init_from:
         model = VideoBert.from_pretrained(job.init_from).train()
+        for k, v in job.model_overrides.items():  # loss weights may change between runs
+            if k.startswith("w_"):
+                setattr(model.config, k, v)
         if model.config.n_visual != int(meta["n_visual"]):
             raise ValueError(f"{job.init_from} reads {model.config.n_visual} visual tokens, "
                              f"the corpus {job.corpus_path} has {meta['n_visual']}")

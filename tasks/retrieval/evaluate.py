@@ -10,7 +10,8 @@ Exact metrics rank every candidate by cosine similarity (``tasks/retrieval/metri
 pessimistic ties: clips the model cannot tell apart never help it). ``index`` ranks through the
 published ANN index (t2v only: the index holds clips and videos of every split, results are
 filtered to the split's candidates), so ``exact`` minus ``index`` is what the ANN costs.
-``rerank`` re-scores each caption's top candidates with VideoBERT's alignment head.
+``videobert+rerank`` (mode ``index``) re-scores each caption's top index candidates with the
+alignment head fused with the similarity (:mod:`tasks.retrieval.rerank`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import numpy as np
 import torch
 
 from tasks.retrieval.metrics import first_correct_ranks, metrics_from_ranks, topk_metrics
+from tasks.retrieval.rerank import RERANK_TOP
 from warehouse import queries
 from warehouse.store import Warehouse
 
-RERANK_TOP = 20
 """Candidates per caption re-scored by the alignment head."""
 
 
@@ -135,27 +136,44 @@ def index_row(es: EvalSet, text: np.ndarray, index: Any, level: str, k: int = 10
     return {"level": level, "direction": "t2v", "mode": "index", **m.as_row()}
 
 
+def _index_candidates(es: EvalSet, text: np.ndarray, index: Any, k: int) -> list[list[int]]:
+    """Per caption, the first ``k`` split clips the index returns (indices into es.clip_ids)."""
+    at = {c: i for i, c in enumerate(es.clip_ids)}
+    depth = int(min(index.ntotal, max(4 * k, np.ceil(k * index.ntotal / max(len(at), 1)) * 4)))
+    _, found = index.search(np.ascontiguousarray(text, dtype=np.float32), depth)
+    return [[at[i] for i in row if i in at][:k] for row in found]
+
+
 @torch.no_grad()
-def rerank_row(es: EvalSet, text: np.ndarray, clip: np.ndarray, model: Any, tokenizer: Any,
-               texts: Sequence[str], clip_tokens: Sequence[int], *, top: int = RERANK_TOP,
+def rerank_row(es: EvalSet, text: np.ndarray, clip: np.ndarray, index: Any, model: Any,
+               tokenizer: Any, texts: Sequence[str], clip_tokens: Sequence[int],
+               clip_feats: Sequence[np.ndarray | None] | None, *, top: int = RERANK_TOP,
                device: Any = "cpu") -> dict[str, Any]:
-    """Clip-level t2v after re-scoring each caption's top candidates with the alignment head.
+    """Clip-level t2v through the index, its top ``top`` split candidates re-ranked.
 
-    The top ``top`` candidates by embedding similarity are re-ordered by the alignment logit of
-    ``[CLS] caption [>] clip token [SEP]``; candidates below keep their order behind them.
+    Each caption's candidates come from the published index (as the ``index`` row); the first
+    ``top`` are re-scored by similarity + ``rerank_weight`` x the alignment log-odds of
+    ``[CLS] caption [>] clip [SEP]`` (:mod:`tasks.retrieval.rerank`; weight 1 for a model
+    whose weight was never tuned); the rest keep their order behind them.
     """
-    from tasks.retrieval.finetune import joint_inputs
+    from tasks.retrieval import rerank as rr
 
-    sim = text @ clip.T  # (texts, clips)
-    top = min(top, sim.shape[1])
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :top]  # (texts, top)
+    k = max(top, 10)
+    cands = _index_candidates(es, text, index, k)
+    weight = model.config.rerank_weight
+    weight = 1.0 if weight is None else float(weight)
     model.eval()
-    # float64 and no large offset: alignment logits differ by less than float32's step at 1e6
-    rescored = sim.astype(np.float64) - 1e4  # every re-scored candidate ranks above the rest
-    for q, text_q in enumerate(texts):
-        ids, types, mask = joint_inputs(tokenizer, text_q, [(int(clip_tokens[c]),)
-                                                             for c in order[q]])
-        logits = model.alignment_logits(ids.to(device), types.to(device), mask.to(device))
-        rescored[q, order[q]] = logits.double().cpu().numpy()
-    return _row("clip", "t2v", "rerank", first_correct_ranks(rescored, es.text_to_clips),
-                len(es.clip_ids))
+    ranked = []
+    for q, row in enumerate(cands):
+        head = np.asarray(row[:top], dtype=np.int64)
+        if len(head):
+            align = rr.rerank_candidates(model, tokenizer, [texts[q]], head[None, :],
+                                         clip_tokens, clip_feats, device=device)[0]
+            fused = text[q] @ clip[head].T + weight * align
+            head = head[np.argsort(-fused, kind="stable")]
+        ranked.append([es.clip_ids[i] for i in [*head.tolist(), *row[top:]]])
+    ranked = [r + [None] * (k - len(r)) for r in ranked]
+    truth = [{es.clip_ids[c] for c in cs} for cs in es.text_to_clips]
+    m = topk_metrics(ranked, truth, len(es.clip_ids))
+    return {"level": "clip", "direction": "t2v", "mode": "index", **m.as_row(),
+            "rerank_weight": weight, "rerank_top": top}

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from models.vocab import CLS, PAD, SEP, VIDEO_SEGMENT, VSEP, visual_id
+from models.vocab import CLS, PAD, SEP, VSEP, visual_id
+from tasks.retrieval import rerank as rr
 from tasks.retrieval.metrics import retrieval_metrics
 from tasks.shared.clip_features import clip_features as clip_features  # re-exported
 from warehouse import queries
@@ -53,6 +54,11 @@ class FinetuneConfig(BaseModel):
     distill_weight: float = Field(0.5, ge=0, description="Weight of the distillation term")
     features: str | None = Field("i3d", description="Clip features added to the visual "
                                  "tokens (an encoder of clip_features), or None: tokens only")
+    itm_weight: float = Field(1.0, ge=0, description="Weight of the cross-encoder term: the "
+                              "alignment head on each pair and on hard negatives mined from "
+                              "the batch (0: dual encoder only, no re-ranking)")
+    rerank_top: int = Field(20, ge=2, description="Candidates re-ranked when the fusion "
+                            "weight is tuned on validation")
     seed: int = Field(0, description="Seed of the batch order")
 
 
@@ -115,22 +121,6 @@ def video_features(feat_seqs: Sequence[Sequence[np.ndarray | None]] | None, widt
             if f is not None:
                 out[i, 2 + k] = f
     return torch.from_numpy(out)
-
-
-def joint_inputs(tokenizer: Any, text: str, candidates: Sequence[Sequence[int]],
-                 max_text: int = 48) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[CLS] text [>] v... [SEP]`` for one text and several visual-token sequences.
-
-    Returns:
-        ids, token types (1 from ``[>]`` on) and attention mask, each (len(candidates), T).
-    """
-    ids, _ = text_inputs(tokenizer, [text], max_text)
-    row = [t for t in ids[0].tolist() if t != PAD][:-1]  # [CLS] text (its [SEP] dropped)
-    rows = [[*row, VSEP, *(visual_id(t) for t in seq), SEP] for seq in candidates]
-    out, mask = _pad(rows)
-    types = torch.zeros_like(out)
-    types[:, len(row):] = VIDEO_SEGMENT
-    return out, types, mask
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,6 +233,7 @@ class FinetuneResult:
     best: dict[str, float]
     history: list[dict[str, float]]
     stopped_early: bool
+    rerank: dict[str, float] | None = None  # tuned fusion weight and validation R@1
 
 
 def finetune(model: Any, tokenizer: Any, train: Pairs, val: Pairs, cfg: FinetuneConfig, *,
@@ -267,6 +258,7 @@ def finetune(model: Any, tokenizer: Any, train: Pairs, val: Pairs, cfg: Finetune
         raise ValueError(f"fine-tuning needs >= 2 train pairs and >= 1 val pair; got "
                          f"{len(train)} and {len(val)} (ingest captioned videos in both splits)")
     gen = torch.Generator().manual_seed(cfg.seed)
+    itm_gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, cfg))
     history: list[dict[str, float]] = []
@@ -280,7 +272,7 @@ def finetune(model: Any, tokenizer: Any, train: Pairs, val: Pairs, cfg: Finetune
             order, pos = torch.randperm(len(train), generator=gen), 0
         idx = order[pos:pos + cfg.batch_size].tolist()
         pos += cfg.batch_size
-        loss = _step_loss(model, tokenizer, train, idx, cfg, device, teacher)
+        loss = _step_loss(model, tokenizer, train, idx, cfg, device, teacher, itm_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -300,13 +292,34 @@ def finetune(model: Any, tokenizer: Any, train: Pairs, val: Pairs, cfg: Finetune
                 if bad >= cfg.patience:
                     break
     model.load_state_dict(best_state)
+    rerank = tune_rerank(model, tokenizer, val, cfg, device) if cfg.itm_weight > 0 else None
     return FinetuneResult(best_step=int(best["step"]), best=best, history=history,
-                          stopped_early=step < cfg.steps)
+                          stopped_early=step < cfg.steps, rerank=rerank)
+
+
+def tune_rerank(model: Any, tokenizer: Any, val: Pairs, cfg: FinetuneConfig,
+                device: torch.device | str) -> dict[str, float]:
+    """Tune the re-ranking fusion weight on validation and store it in ``model.config``.
+
+    Returns:
+        The weight and the validation text->clip R@1 without and with re-ranking.
+    """
+    clip_ids, seqs, positives = clip_level_set(val)
+    feats = None if val.features is None else [[val.features.get(c)] for c in clip_ids]
+    t = embed_texts(model, tokenizer, val.texts, max_text=cfg.max_text, device=device)
+    v = embed_token_seqs(model, seqs, feats=feats, device=device)
+    sim = t @ v.T
+    cands = rr.top_candidates(sim, cfg.rerank_top)
+    align = rr.rerank_candidates(model, tokenizer, val.texts, cands, [s[0] for s in seqs],
+                                 rr.features_of(clip_ids, val.features), device=device)
+    tuned = rr.tune_weight(sim, cands, align, positives)
+    model.config.rerank_weight = tuned["weight"]
+    return tuned
 
 
 def _step_loss(model: Any, tokenizer: Any, train: Pairs, idx: list[int], cfg: FinetuneConfig,
-               device: torch.device | str,
-               teacher: tuple[np.ndarray, np.ndarray] | None) -> torch.Tensor:
+               device: torch.device | str, teacher: tuple[np.ndarray, np.ndarray] | None,
+               itm_gen: torch.Generator) -> torch.Tensor:
     model.train()
     ids, mask = text_inputs(tokenizer, [train.texts[i] for i in idx], cfg.max_text)
     t = model.embed_text(ids.to(device), mask.to(device))  # (B, P)
@@ -321,4 +334,9 @@ def _step_loss(model: Any, tokenizer: Any, train: Pairs, idx: list[int], cfg: Fi
         tt = torch.as_tensor(teacher[0][idx], device=t.device, dtype=torch.float32)
         tv = torch.as_tensor(teacher[1][idx], device=t.device, dtype=torch.float32)
         loss = loss + cfg.distill_weight * distill_loss(logits, tt, tv)
+    if cfg.itm_weight > 0:
+        texts = [train.texts[i] for i in idx]
+        loss = loss + cfg.itm_weight * rr.itm_loss(
+            model, tokenizer, texts, seqs, train.feature_seqs(idx), logits, same, itm_gen,
+            max_text=cfg.max_text, device=device)
     return loss

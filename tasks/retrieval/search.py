@@ -130,7 +130,7 @@ def _videobert(home: Path, live: tuple, device: str, rerank: bool) -> Searcher:
 
 
 def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = False,
-           rerank_top: int = 50) -> list[dict[str, Any]]:
+           rerank_top: int = 20) -> list[dict[str, Any]]:
     """The top ``k`` clips for ``query``, best first, with path, times, score and text.
 
     Args:
@@ -138,13 +138,15 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
         s: from :func:`open_searcher`.
         query: free text.
         k: results.
-        rerank: re-score the top ``rerank_top`` candidates with the alignment head
-            (VideoBERT only).
+        rerank: re-score the top ``rerank_top`` candidates: similarity + the model's tuned
+            ``rerank_weight`` x the alignment head's log-odds (VideoBERT only; weight 1 for a
+            model whose weight was never tuned).
         rerank_top: candidates re-scored.
 
     Returns:
         Rows ``{rank, clip_id, video_id, path, start_s, end_s, score, text}`` (plus
-        ``align_logit`` when reranked).
+        ``align_logit`` and the fused ``rerank_score`` when reranked; ``score`` stays the
+        similarity).
     """
     if not query.strip():
         raise ValueError("empty query")
@@ -158,9 +160,14 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
             if i is not None and str(i) not in ("", "None")]
     wh = Warehouse(home)
     extra: dict[str, float] = {}
+    fused: dict[str, float] = {}
     if rerank:
-        extra = _align(wh, s, query, [h[0] for h in hits])
-        hits.sort(key=lambda h: -extra.get(h[0], -np.inf))
+        extra = _align(wh, s, query, [h[0] for h in hits[:rerank_top]])
+        weight = s.model.config.rerank_weight
+        weight = 1.0 if weight is None else float(weight)
+        fused = {c: sc + weight * extra[c] for c, sc in hits if c in extra}
+        # re-scored candidates first, by fused score; the rest keep their order behind them
+        hits.sort(key=lambda h: (h[0] not in fused, -fused.get(h[0], 0.0)))
     hits = hits[:k]
     con = wh.connect_published()
     details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
@@ -174,25 +181,36 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
                "start_s": start, "end_s": end, "score": round(score, 6), "text": text or ""}
         if rerank:
             row["align_logit"] = round(extra.get(clip_id, float("nan")), 6)
+            row["rerank_score"] = round(fused.get(clip_id, float("nan")), 6)
         out.append(row)
     return out
 
 
 def _align(wh: Warehouse, s: Searcher, query: str, clip_ids: list[str]) -> dict[str, float]:
-    """Alignment-head logit of ``[CLS] query [>] clip token [SEP]`` per candidate clip."""
-    import torch
+    """Alignment log-odds of ``[CLS] query [>] clip [SEP]`` per candidate clip (with the
+    clip's feature when the model reads features)."""
+    from tasks.retrieval import rerank as rr
 
-    from tasks.retrieval.finetune import joint_inputs
-
+    model, tokenizer = s.torch_model()
     con = wh.connect_published()
     tokens = dict(con.execute(queries.load("clip_tokens"), [s.codebook_id, clip_ids]).fetchall())
+    feats = None
+    if rr.reads_features(model):
+        rows = con.execute(queries.load("clip_feature_vectors"),
+                           [model.config.feature_encoder, clip_ids]).fetchall()
+        feats = {c: _unit(v) for c, v in rows}
     con.close()
     have = [c for c in clip_ids if c in tokens]
     if not have:
         return {}
-    model, tokenizer = s.torch_model()
-    seqs, types, mask = joint_inputs(tokenizer, query, [(int(tokens[c]),) for c in have])
     device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model.alignment_logits(seqs.to(device), types.to(device), mask.to(device))
-    return dict(zip(have, logits.float().cpu().tolist(), strict=True))
+    scores = rr.alignment_scores(model, tokenizer, [query] * len(have),
+                                 [(int(tokens[c]),) for c in have],
+                                 None if feats is None else [[feats.get(c)] for c in have],
+                                 device=device)
+    return dict(zip(have, scores.tolist(), strict=True))
+
+
+def _unit(v: Any) -> np.ndarray:
+    x = np.asarray(v, np.float32)
+    return x / max(float(np.linalg.norm(x)), 1e-12)

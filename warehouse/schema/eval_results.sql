@@ -24,7 +24,7 @@ COMMENT ON COLUMN eval_results.model_run IS 'model run or encoder version evalua
 COMMENT ON COLUMN eval_results.split IS 'split of the queries and candidates (test by default)';
 COMMENT ON COLUMN eval_results.level IS 'clip (caption -> its clip) or video (caption -> its video)';
 COMMENT ON COLUMN eval_results.direction IS 't2v (text -> video) or v2t (video -> text)';
-COMMENT ON COLUMN eval_results.mode IS 'exact (brute force), index (through the published FAISS index) or rerank';
+COMMENT ON COLUMN eval_results.mode IS 'exact (brute force) or index (through the published FAISS index; videobert+rerank: its top candidates re-ranked)';
 COMMENT ON COLUMN eval_results.n_queries IS 'queries evaluated';
 COMMENT ON COLUMN eval_results.n_candidates IS 'candidates each query ranks';
 COMMENT ON COLUMN eval_results.r1 IS 'recall@1 in percent';
