@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from tasks.shared import model_runs
+from tasks.shared.errors import InputError
 from warehouse.home import resolve_home
 from warehouse.store import Warehouse, utcnow
 
@@ -152,7 +153,7 @@ def evaluate_flow(params: EvaluateParams) -> dict[str, Any]:
     eval_id = model_runs.new_run_id("eval")
     targets = _targets(wh, params)
     if not targets:
-        raise ValueError(f"nothing to evaluate in {home}: no embeddings (run `videobert index`)")
+        raise InputError(f"nothing to evaluate in {home}: no embeddings (run `videobert index`)")
     rows: list[dict[str, Any]] = []
     for enc, run_id, run in targets:
         rows += evaluate_task(home, params.split, enc, run_id, run, params.rerank,

@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from tasks.shared import model_runs
+from tasks.shared.errors import InputError
 from warehouse.home import resolve_home
 from warehouse.store import Warehouse, utcnow
 
@@ -61,11 +62,11 @@ def _teacher(wh: Warehouse, pairs: Any, device: str, kind: str,
     from tasks.retrieval.finetune import clip_features
 
     if kind == "clip" and not clip_model:
-        raise ValueError("distill=clip needs --clip-model (the CLIP weights that made the clip "
+        raise InputError("distill=clip needs --clip-model (the CLIP weights that made the clip "
                          "features) for the captions' side")
     feats = clip_features(wh, kind)
     if not feats:
-        raise ValueError(f"distill={kind} needs {kind} clip features: run `videobert tokenize"
+        raise InputError(f"distill={kind} needs {kind} clip features: run `videobert tokenize"
                          f"{' --encoder clip --clip-model ...' if kind == 'clip' else ''}`")
     if kind == "clip":
         from models.clip import ClipEncoder
@@ -175,7 +176,7 @@ def finetune_flow(params: FinetuneParams) -> dict[str, Any]:
               else model_runs.latest_done(wh, "pretrain"))
     if parent is None or not parent[2]:
         which = f" {params.from_run!r}" if params.from_run else ""
-        raise ValueError(f"no finished pretraining run{which} in {home}: run "
+        raise InputError(f"no finished pretraining run{which} in {home}: run "
                          "`videobert pretrain` first")
     model_run = model_runs.new_run_id("finetune")
     started = utcnow()

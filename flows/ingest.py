@@ -1,11 +1,13 @@
-"""Ingest flow: a folder or a caption manifest -> videos, clips and text in the warehouse.
+"""Ingest flow: folders, video files or a caption manifest -> videos, clips and text in the
+warehouse.
 
-Run it with ``videobert ingest PATH`` or ``python -m flows.ingest PATH``. Files are processed in
-batches (one Prefect task per batch, never one per file); each batch is committed atomically,
-so a run killed at any point and started again ends with exactly the rows of an uninterrupted
-run. Bad files become ``ingest_errors`` rows and never stop the run. Videos without subtitles
-are transcribed inside their batch (``asr``: :mod:`tasks.ingest.asr`); videos ingested earlier that
-still need a transcript from this run's model get batches of their own ("transcribe-known").
+Run it with ``videobert ingest PATH...`` or ``python -m flows.ingest PATH...``. Files are
+processed in batches (one Prefect task per batch, never one per file); each batch is
+committed atomically, so a run killed at any point and started again ends with exactly the
+rows of an uninterrupted run. Bad files become ``ingest_errors`` rows and never stop the run.
+Videos without subtitles are transcribed inside their batch (``asr``: :mod:`tasks.ingest.asr`);
+videos ingested earlier that still need a transcript from this run's model get batches of
+their own ("transcribe-known").
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ from tasks.ingest.batch import (
     file_row,
     process_batch,
 )
-from tasks.ingest.scan import ScanResult, scan_folder, scan_manifest, sidecar_candidates
+from tasks.ingest.scan import ScanResult, scan_manifest, scan_paths, sidecar_candidates
+from tasks.ingest.sources import expand_sources, group_sources, is_manifest
 from tasks.ingest.speech import asr_backlog, transcribe_batch
-from tasks.ingest.text import MANIFEST_EXTENSIONS
 from tasks.shared import media
-from tasks.shared.errors import IngestError
+from tasks.shared.errors import IngestError, InputError
 from tasks.shared.progress import Progress
 from warehouse import queries
 from warehouse.home import resolve_home
@@ -55,7 +57,9 @@ from warehouse.store import StagedPart, Warehouse, Writer, rewrite_without, utcn
 class IngestParams(BaseModel):
     """Parameters of the ingest flow (shown as a form in Prefect's UI)."""
 
-    source: str = Field(description="A folder to walk, or a caption manifest (.jsonl/.csv)")
+    source: str | list[str] = Field(description="What to ingest: a folder to walk, video files "
+                                    "(with their sidecar subtitles), patterns like "
+                                    "videos/*.mp4, or one caption manifest (.jsonl/.csv)")
     home: str | None = Field(None, description="Data home (default: $VIDEOBERT_HOME or "
                              "./videobert-data)")
     clip_s: float = Field(1.5, gt=0, description="Clip window length in seconds (VideoBERT: 1.5)")
@@ -91,13 +95,21 @@ class IngestParams(BaseModel):
 
 
 @task(name="scan-inputs", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def scan_task(source: Path, home: Path) -> ScanResult:
-    """Walk the folder (or read the manifest) and stat every file."""
-    if source.is_file() and source.suffix.lower() in MANIFEST_EXTENSIONS:
-        return scan_manifest(source)
-    if not source.is_dir():
-        raise ValueError(f"{source} is neither a folder nor a caption manifest (.jsonl/.csv)")
-    return scan_folder(source, exclude=[home])
+def scan_task(paths: list[Path], home: Path) -> ScanResult:
+    """Walk the folders and stat the files named (or read the manifest)."""
+    if len(paths) == 1 and is_manifest(paths[0]):
+        return scan_manifest(paths[0])
+    return scan_paths(paths, exclude=[home])
+
+
+def _sources(params: IngestParams) -> list[Path]:
+    """The paths this run ingests (patterns expanded); a user's mistake is an InputError."""
+    paths = expand_sources([params.source] if isinstance(params.source, str)
+                           else params.source)
+    if len(group_sources(paths)) > 1:
+        raise InputError("a caption manifest names its own videos: ingest it in a run of its "
+                         "own (`videobert ingest` splits the paths it is given this way)")
+    return paths
 
 
 @task(name="hash-files", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -193,7 +205,8 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
     """Ingest a folder or manifest into the warehouse; returns the run summary."""
     log = get_run_logger()
     home = resolve_home(params.home)
-    source = Path(params.source).expanduser().resolve()
+    paths = _sources(params)
+    source = ", ".join(str(p) for p in paths)
     wh = Warehouse(home)
     run_id = uuid.uuid4().hex
     started = utcnow()
@@ -211,7 +224,7 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
                                     threads)
         if notice:
             log.warning(notice)
-        scan = scan_task(source, home)
+        scan = scan_task(paths, home)
         cfg = IngestConfig(root=str(scan.root), run_id=run_id, now=started, clip_s=params.clip_s,
                            min_clip_s=params.min_clip_s, limits=limits, asr=asr_cfg)
         st = ing.load_state(wh)
@@ -292,7 +305,7 @@ def _asr_summary(params: IngestParams, cfg: asr.AsrConfig | None, notice: str | 
             "audio_s": round(totals.get("asr_audio_ms", 0) / 1000, 3)}
 
 
-def _summary(run_id: str, source: Path, scan: ScanResult, plan: ing.WorkPlan, unchanged: list,
+def _summary(run_id: str, source: str, scan: ScanResult, plan: ing.WorkPlan, unchanged: list,
              totals: Counter, w: Writer, started) -> dict[str, Any]:
     con = w.wh.connect()
     rejected = dict(con.execute(queries.load("run_rejections"), [run_id]).fetchall())
@@ -312,4 +325,4 @@ def _summary(run_id: str, source: Path, scan: ScanResult, plan: ing.WorkPlan, un
 
 
 if __name__ == "__main__":
-    ingest_flow(IngestParams(source=sys.argv[1], progress=True))
+    ingest_flow(IngestParams(source=sys.argv[1:], progress=True))

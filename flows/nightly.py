@@ -40,7 +40,8 @@ class NightlyParams(BaseModel):
 
     home: str | None = Field(None, description="Data home (default: $VIDEOBERT_HOME or "
                              "./videobert-data)")
-    sources: list[str] = Field([], description="Folders or caption manifests to ingest (empty: "
+    sources: list[str] = Field([], description="Folders, video files, patterns (videos/*.mp4) "
+                               "or caption manifests to ingest, one ingest run each (empty: "
                                "the built-in sample corpus, built in HOME/samples/real)")
     pretrain_preset: Literal["tiny", "small", "mini", "base", "large"] = Field(
         "tiny", description="Model size of pretraining")
@@ -76,6 +77,7 @@ class NightlyParams(BaseModel):
 def _ingest(p: NightlyParams, home: Path) -> list[dict[str, Any]]:
     """Ingest every source (the sample corpus when none is configured)."""
     from flows.ingest import IngestParams, ingest_flow
+    from tasks.ingest.sources import plan_sources
 
     sources = list(p.sources)
     if not sources:
@@ -83,7 +85,10 @@ def _ingest(p: NightlyParams, home: Path) -> list[dict[str, Any]]:
         from warehouse.home import sample_corpus_dir
 
         sources = [str(build_sample_corpus(sample_corpus_dir(home)).root)]
-    return [ingest_flow(IngestParams(source=s, home=str(home), asr=p.asr)) for s in sources]
+    # each configured source is one run (a pattern: one run of its matches; a manifest among
+    # them: a run of its own), so what earlier nights stored keeps its root
+    groups = [g for s in sources for g in plan_sources([s])]
+    return [ingest_flow(IngestParams(source=g, home=str(home), asr=p.asr)) for g in groups]
 
 
 def _has_queries(wh: Warehouse, split: str) -> bool:
@@ -179,7 +184,7 @@ def _evaluate(home: Path, wh: Warehouse, p: NightlyParams) -> dict[str, Any] | N
     if split is None:
         return None
     ev = evaluate_flow(EvaluateParams(home=str(home), split=split, device=p.device))
-    return ev | {"split": split}
+    return ev | {"split": split, "requested_split": p.eval_split}
 
 
 def _artifacts(result: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from tasks.pretrain.train import TrainConfig, TrainJob, run_job
 from tasks.shared import model_runs
+from tasks.shared.errors import InputError
 from warehouse import queries
 from warehouse.atomic import write_bytes_atomic
 from warehouse.home import resolve_home
@@ -140,7 +141,7 @@ def _new_plan(wh: Warehouse, p: PretrainParams, home: Path, log: Any) -> RunPlan
     if codebook is None:
         found = model_runs.one(wh, "pretrain_default_codebook", [])
         if found is None:
-            raise ValueError(f"no codebook with visual tokens in {home}: run "
+            raise InputError(f"no codebook with visual tokens in {home}: run "
                              "`videobert tokenize` first")
         codebook = found[0]
     encoder = _feature_encoder(wh, p.features)
@@ -177,7 +178,7 @@ def _feature_encoder(wh: Warehouse, features: str) -> str | None:
         return "i3d" if features == "auto" else features
     if features == "auto":
         return None
-    raise ValueError(f"features={features!r}: no clip features of that encoder in {wh.home} "
+    raise InputError(f"features={features!r}: no clip features of that encoder in {wh.home} "
                      "(run `videobert tokenize --encoder ...`, or pass features=none)")
 
 

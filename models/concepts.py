@@ -32,10 +32,11 @@ someone"), which blurs the mix. 19 queries: a tie-breaker, not a benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,20 @@ from models.text_numpy import minilm_dir as minilm_dir  # re-exported
 LABELS_PATH = Path(__file__).with_name("kinetics400_labels.txt")
 #: How each class name is phrased before encoding (see the module docstring).
 DEFAULT_TEMPLATE = "{label}"
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while the block runs."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_labels(path: str | Path = LABELS_PATH) -> list[str]:
@@ -90,7 +105,8 @@ class TextEncoder:
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_dir()
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
+        with _quiet_loading():  # a local package's 100 tensors: no progress bar on the terminal
+            self.model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
         self.batch_size = batch_size
         self.max_length = max_length
         self._version: str | None = None

@@ -192,7 +192,7 @@ def test_setup_without_the_extra(tmp_path: Path):
 
 def test_cli_rejects_a_bad_mode(tmp_path: Path):
     p = vb(tmp_path, "ingest", str(tmp_path), "--asr", "sometimes", check=False)
-    assert p.returncode == 1 and "--asr must be" in p.stderr
+    assert p.returncode == 2 and "--asr must be" in p.stderr
 
 
 def test_model_specs(tmp_path: Path):

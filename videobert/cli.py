@@ -10,13 +10,15 @@ this module. Heavy modules (Prefect, torch) are imported inside the commands tha
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from videobert import __version__, cli_data, cli_pretrain, cli_retrieval, cli_run, cli_warehouse
-from videobert.cli_common import out
+from videobert.cli_common import out, report_error
 
 # (group or "" for top level, command name, function): the whole command tree, in help order.
 COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
@@ -55,6 +57,9 @@ def _version(value: bool) -> None:
 def main_callback(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Print the full traceback of an unexpected error (also accepted after "
+                        "the command; VIDEOBERT_DEBUG=1 does the same).")] = False,
 ) -> None:
     """videobert: ingest -> visual tokens -> VideoBERT -> retrieval, as Prefect flows."""
 
@@ -77,9 +82,21 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: the one error path of the CLI.
+
+    A user's mistake (:class:`~tasks.shared.errors.InputError`: a missing path, a bad value,
+    nothing to do) is one line on stderr and exit code 2; usage errors are Click's, also 2.
+    Anything unexpected is one line naming the log file that holds its traceback, exit code
+    1; ``--debug`` (anywhere on the line) prints the traceback too.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("VIDEOBERT_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="videobert")
+    except Exception as e:  # noqa: BLE001 - the one place every escaped error is reported
+        sys.exit(report_error(e, args, debug))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from videobert.cli_common import (
     RunnerOpt,
     err,
     fail,
+    fail_from,
+    one_line,
     out,
     print_rows,
     start_flow_env,
@@ -59,9 +61,10 @@ def samples(
 
 
 def ingest(
-    source: Annotated[Path | None, typer.Argument(
-        help="A folder of videos, or a caption manifest (default: the built-in sample corpus)")]
-    = None,
+    sources: Annotated[list[str] | None, typer.Argument(
+        help="Folders, video files (with their sidecar subtitles), patterns like "
+             "'videos/*.mp4', or caption manifests (.jsonl/.csv); default: the built-in "
+             "sample corpus", show_default=False)] = None,
     clip_s: Annotated[float, typer.Option(help="Clip length in seconds")] = 1.5,
     batch_size: Annotated[int | None, typer.Option(
         help="Files per Prefect task (default: ~4 tasks per worker, 4-64 files each)")] = None,
@@ -80,7 +83,7 @@ def ingest(
     dask_address: DaskAddressOpt = None,
     asr: Annotated[str, typer.Option(
         "--asr", help="Speech to text: auto (videos with audio and no subtitles/captions), "
-                      "always, never. Needs pip install -e \".[asr]\"")] = "auto",
+                      "always, never. Needs pip install -e \".\\[asr]\"")] = "auto",
     asr_model: Annotated[str, typer.Option(
         help="tiny.en (English, default), base (multilingual) or a CTranslate2 Whisper "
              "folder")] = "tiny.en",
@@ -90,23 +93,28 @@ def ingest(
     home: HomeOpt = None,
 ) -> None:
     """Ingest videos with their subtitles/captions into the warehouse (incremental); speech
-    to text for videos without subtitles (--asr)."""
+    to text for videos without subtitles (--asr).
+
+    Folders and files are ingested together (one run); each caption manifest is a run of its
+    own. A missing path or an empty folder is an error before anything starts.
+    """
+    from tasks.ingest.sources import plan_sources
+
     h = resolve_home(home)
     _check_asr(asr)
-    if source is None:
+    if not sources:
         from tasks.ingest.samples import build_sample_corpus
         from warehouse.home import sample_corpus_dir
 
-        source = build_sample_corpus(sample_corpus_dir(h)).root
-        err.print(f"no path given: ingesting the built-in sample corpus in {source}")
-    if not source.exists():
-        fail(f"{source} does not exist")
+        sources = [str(build_sample_corpus(sample_corpus_dir(h)).root)]
+        err.print(f"no path given: ingesting the built-in sample corpus in {sources[0]}")
+    runs = plan_sources(sources)  # InputError: one line on stderr, exit 2 (videobert.cli)
     start_flow_env(h)
     from flows.ingest import IngestParams, ingest_flow
 
     runner = "dask" if dask_address else runner
     flow_run = with_runner(ingest_flow, runner, workers, dask_address)
-    params: dict[str, Any] = {"source": str(source), "home": str(h), "clip_s": clip_s,
+    params: dict[str, Any] = {"home": str(h), "clip_s": clip_s,
                               "batch_size": batch_size, "workers": workers, "wait_s": wait,
                               "validation": validate, "commit_every_s": commit_every,
                               "publish_every_s": publish_every, "task_runner": runner,
@@ -120,14 +128,22 @@ def ingest(
     from warehouse.store import WarehouseError
 
     try:
-        with local_flow_settings():
-            summary = flow_run(IngestParams(**params))
-    except (WarehouseError, ValueError, AsrUnavailable) as e:  # ValidationError: a ValueError
-        fail(str(e))
-    if fmt is Fmt.json:
-        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        jobs = [IngestParams(source=run, **params) for run in runs]
+    except ValueError as e:  # pydantic's ValidationError: a bad option value
+        fail(one_line(e), code=2)
+    summaries = []
+    try:
+        for job in jobs:
+            with local_flow_settings():
+                summaries.append(flow_run(job))
+    except (WarehouseError, AsrUnavailable) as e:
+        fail(str(e), code=1)
+    if fmt is Fmt.json:  # one run: its summary object; several: an array of them
+        doc = summaries[0] if len(summaries) == 1 else summaries
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
         return
-    _print_ingest_summary(summary)
+    for summary in summaries:
+        _print_ingest_summary(summary)
 
 
 def _check_asr(mode: str) -> None:
@@ -135,11 +151,11 @@ def _check_asr(mode: str) -> None:
     from tasks.ingest.asr_models import PIP_HINT, missing_modules
 
     if mode not in ("auto", "always", "never"):
-        fail(f"--asr must be auto, always or never, not {mode!r}")
+        fail(f"--asr must be auto, always or never, not {mode!r}", code=2)
     missing = missing_modules()
     if mode == "always" and missing:
         fail(f"--asr always needs the speech-recognition extra ({', '.join(missing)} not "
-              f"installed): {PIP_HINT}")
+              f"installed): {PIP_HINT}", code=2)
 
 
 def _print_ingest_summary(s: dict[str, Any]) -> None:
@@ -208,7 +224,7 @@ def tokenize(
         with local_flow_settings():
             summary = flow_run(TokenizeParams(**params))
     except (WarehouseError, ValueError) as e:
-        fail(str(e))
+        fail_from(e)
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -239,7 +255,7 @@ def codebook_show(
     try:
         path, cb_id = codebook_gallery(wh, target, codebook, tokens, per_token)
     except ValueError as e:
-        fail(str(e))
+        fail_from(e)
     if out_path is None:
         final = path.with_name(f"codebook-{cb_id}.png")
         path.replace(final)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows, start_flow_env
+from videobert.cli_common import Fmt, HomeOpt, fail_from, out, print_rows, start_flow_env
 from videobert.prefect_env import local_flow_settings
 from warehouse.home import resolve_home
 
@@ -66,7 +66,7 @@ def pretrain(
         with local_flow_settings():
             summary = pretrain_flow(params)
     except (WarehouseError, ValueError) as e:
-        fail(str(e))
+        fail_from(e)
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return

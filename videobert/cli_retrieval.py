@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows, start_flow_env
+from videobert.cli_common import Fmt, HomeOpt, err, fail_from, out, print_rows, start_flow_env
 from videobert.prefect_env import local_flow_settings
 from warehouse.home import resolve_home
 
@@ -59,7 +60,7 @@ def finetune(
                 clip_model=clip_model, device=device, itm_weight=itm_weight,
                 features=None if features.lower() == "none" else features))
     except (WarehouseError, ValueError) as e:
-        fail(str(e))
+        fail_from(e)
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -101,7 +102,7 @@ def index(
         with local_flow_settings():
             summary = index_flow(IndexParams(**params))
     except (WarehouseError, ValueError) as e:
-        fail(str(e))
+        fail_from(e)
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         return
@@ -126,6 +127,7 @@ def evaluate(
     h = resolve_home(home)
     start_flow_env(h)
     from flows.evaluate import EvaluateParams, evaluate_flow
+    from tasks.retrieval.evaluate import too_few_queries
     from warehouse.store import WarehouseError
 
     try:
@@ -133,9 +135,12 @@ def evaluate(
             summary = evaluate_flow(EvaluateParams(
                 home=str(h), split=split, model_run=model_run, rerank=rerank, device=device))
     except (WarehouseError, ValueError, LookupError) as e:
-        fail(str(e))
+        fail_from(e)
     rows = [tuple(_fmt(r[c]) for c in MetricCols) for r in summary["rows"]]
     print_rows(MetricCols, rows, fmt, title=f"retrieval on {split} ({summary['eval_id']})")
+    note = too_few_queries(summary["rows"], split)
+    if note:
+        err.print(Text(note, style="yellow"), soft_wrap=True)
     if fmt is Fmt.table:
         out.print(f"report: {summary['report']}")
 
@@ -176,7 +181,7 @@ def search(
         hits = run_search(Path(h), s, query, k, rerank=rerank, rerank_top=rerank_top)
         t2 = time.perf_counter()
     except (SearchUnavailable, IndexRefused, ValueError, FileNotFoundError) as e:
-        fail(str(e))
+        fail_from(e)
     cols = ["rank", "path", "start_s", "end_s", "score", "text"]
     if rerank:
         cols[5:5] = ["align_logit", "rerank_score"]
@@ -204,7 +209,7 @@ def probe(
     try:
         res = probe_run(resolve_home(home), model_run, split, device)
     except ValueError as e:
-        fail(str(e))
+        fail_from(e)
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(res) + "\n")
         return

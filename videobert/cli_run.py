@@ -11,8 +11,17 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows, start_flow_env
+from videobert.cli_common import (
+    Fmt,
+    HomeOpt,
+    fail,
+    is_user_error,
+    out,
+    print_rows,
+    start_flow_env,
+)
 from videobert.prefect_env import local_flow_settings
 from warehouse.home import resolve_home
 
@@ -21,8 +30,8 @@ Cols = ["encoder", "level", "direction", "mode", "r1", "r5", "r10", "mdr", "mnr"
 
 def run_nightly(
     source: Annotated[list[str] | None, typer.Option(
-        "--source", "-s", help="Folder or caption manifest to ingest (repeatable; default: the "
-        "built-in sample corpus)")] = None,
+        "--source", "-s", help="Folder, video file, pattern ('videos/*.mp4') or caption "
+        "manifest to ingest (repeatable; default: the built-in sample corpus)")] = None,
     preset: Annotated[str, typer.Option(help="Pretraining preset: tiny, mini, base, large")]
     = "tiny",
     pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps", min=1)] = 200,
@@ -45,9 +54,12 @@ def run_nightly(
     """Ingest -> tokens -> pretraining -> fine-tuning -> index -> evaluation, with the
     promotion gate: the nightly flow once. Ends with the test-split retrieval table, where the
     report is, and whether the new model went live. A run with no new data skips training."""
+    from tasks.ingest.sources import plan_sources
     from tasks.nightly import run_state
 
     h = resolve_home(home)
+    for s in source or []:
+        plan_sources([s])  # a missing path or empty folder: one line, exit 2, before Prefect
     options = dict(
         home=str(h), sources=list(source or []), pretrain_preset=preset,
         pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, levels=levels,
@@ -80,7 +92,7 @@ def _run_flow(h: Any, options: dict[str, Any]) -> dict[str, Any]:
         with local_flow_settings():
             return nightly_flow(NightlyParams(**options))
     except (NightlyBusy, WarehouseError, SampleMediaMissing, ValueError) as e:
-        fail(str(e))
+        fail(str(e), code=2 if is_user_error(e) else 1)
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -93,15 +105,20 @@ def _print_result(result: dict[str, Any]) -> None:
         if result.get("note"):
             out.print(result["note"])
         return
+    from tasks.retrieval.evaluate import too_few_queries
+
     ev = result.get("evaluation")
     if ev:
         rows = [tuple(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in Cols)
                 for r in ev["rows"]]
         print_rows(Cols, rows, Fmt.table, title=f"retrieval on {ev['split']} ({ev['eval_id']})")
         out.print(f"report: {ev['report']}")
-    else:
-        out.print("no evaluation table: no split has captioned clips")
     gate = result["gate"]
     verdict = "promoted" if gate["promoted"] else "NOT promoted"
     out.print(f"candidate {gate['model_run']} {verdict}: {gate['reason']}")
     out.print(f"live model: {result['live_run']}")
+    note = (too_few_queries(ev["rows"], ev["split"], ev.get("requested_split")) if ev else
+            "too few captioned clips to evaluate: no split has captioned clips, so there is "
+            "no evaluation table")
+    if note:  # the last line: a small table must not read as a result
+        out.print(Text(note, style="yellow"), soft_wrap=True)

@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from videobert import __version__
-from videobert.cli_common import Fmt, HomeOpt, fail, out, print_rows
+from videobert.cli_common import Fmt, HomeOpt, fail, fail_from, out, print_rows
 from warehouse.home import resolve_home
 
 
@@ -34,7 +35,7 @@ def sql(
     try:
         con = Warehouse(resolve_home(home)).connect_catalog()
     except WarehouseError as e:
-        fail(str(e))
+        fail_from(e)
     try:
         rel = con.sql(query)
         if rel is None:
@@ -63,7 +64,7 @@ def doctor(
     for item in report["checks"]:
         mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "missing": "[red]missing[/]",
                 "info": "[blue]info[/]"}.get(item["status"], item["status"])
-        t.add_row(item["name"], mark, item["detail"])
+        t.add_row(Text(item["name"]), mark, Text(item["detail"]))  # ".[asr]" is no markup
     out.print(t)
     if any(i["status"] == "missing" and i.get("required") for i in report["checks"]):
         raise typer.Exit(1)

@@ -8,6 +8,7 @@ for Prefect's temporary server. The data home itself is resolved in ``warehouse/
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,34 @@ def local_flow_settings() -> contextlib.AbstractContextManager[Any]:
     configured server (``PREFECT_API_URL``: deployments, workers) keep them for crash detection.
     Import only after :func:`configure_prefect_env`.
     """
+    quiet_user_errors_on_console()
     if os.environ.get("PREFECT_API_URL"):
         return contextlib.nullcontext()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Drops a log record carrying a user's mistake (:class:`~tasks.shared.errors.InputError`)
+    from the terminal: the CLI prints it as one line. The flow run's log (API) keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tasks.shared.errors import InputError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, InputError)
+
+
+def quiet_user_errors_on_console() -> None:
+    """Install :class:`_NoUserErrorTracebacks` on Prefect's console handlers (once). Prefect
+    configures logging when its flow machinery is imported: call this after that."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in
+                                       list(logging.Logger.manager.loggerDict)]
+    for lg in loggers:
+        for h in getattr(lg, "handlers", []):
+            if isinstance(h, PrefectConsoleHandler) and not any(
+                    isinstance(f, _NoUserErrorTracebacks) for f in h.filters):
+                h.addFilter(_NoUserErrorTracebacks())

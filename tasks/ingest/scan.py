@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.ingest.text import MANIFEST_EXTENSIONS, SUBTITLE_EXTENSIONS
+from tasks.ingest.text import MANIFEST_EXTENSIONS, SUBTITLE_EXTENSIONS, match_sidecars
 from tasks.shared.errors import IngestError
 
 
@@ -107,23 +107,60 @@ def scan_folder(root: Path, exclude: list[Path] | None = None) -> ScanResult:
         root: the folder to ingest.
         exclude: folders never to enter (the data home, when it lies inside the root).
     """
-    root = root.resolve()
-    skip = {p.resolve() for p in exclude or []}
-    result = ScanResult(root=root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    result = ScanResult(root=root.resolve())
+    _walk(result, result.root, {p.resolve() for p in exclude or []}, set())
+    return result
+
+
+def _walk(result: ScanResult, folder: Path, skip: set[Path], seen: set[str]) -> None:
+    """Add every file under ``folder`` (paths relative to ``result.root``), skipping hidden
+    names, the ``skip`` folders, linked folders and files already ``seen``."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames
                              if not d.startswith(".") and (here / d).resolve() not in skip
                              and not (here / d).is_symlink())
         for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            entry = here / name
-            rel = entry.relative_to(root).as_posix()
-            try:
-                _add(result, _candidate(root, entry, rel))
-            except IngestError as e:
-                result.errors.append((rel, None, e))
+            if not name.startswith("."):
+                _add_path(result, here / name, seen)
+
+
+def _add_path(result: ScanResult, entry: Path, seen: set[str]) -> None:
+    """Add one file (once, however often it is named) or its scan error."""
+    rel = entry.relative_to(result.root).as_posix()
+    if rel in seen:
+        return
+    seen.add(rel)
+    try:
+        _add(result, _candidate(result.root, entry, rel))
+    except IngestError as e:
+        result.errors.append((rel, None, e))
+
+
+def scan_paths(paths: list[Path], exclude: list[Path] | None = None) -> ScanResult:
+    """Any mix of folders and files (videos, subtitles), as one input.
+
+    The root is the deepest folder holding them all; paths are stored relative to it, and
+    the folder rules apply (a linked file whose target is outside the root is rejected). A
+    folder is walked as :func:`scan_folder` does; a video file comes with its sidecar
+    subtitles (same stem, same folder), exactly as it would inside a walked folder.
+    """
+    given = [Path(os.path.abspath(p)) for p in paths]  # absolute, links not resolved
+    folders = [p.resolve() if p.is_dir() else p.parent.resolve() for p in given]
+    result = ScanResult(root=Path(os.path.commonpath(folders)))
+    skip = {p.resolve() for p in exclude or []}
+    seen: set[str] = set()
+    for p in given:
+        if p.is_dir():
+            _walk(result, p.resolve(), skip, seen)
+            continue
+        entry = p.parent.resolve() / p.name  # the folder's real path, the file's own name
+        _add_path(result, entry, seen)
+        if _kind(p.name) == "video":
+            for sub in match_sidecars(entry, [e for e in entry.parent.iterdir()
+                                              if not e.name.startswith(".") and e.is_file()
+                                              and _kind(e.name) == "subtitle"]):
+                _add_path(result, sub, seen)
     return result
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from tasks.retrieval.index_load import LoadedIndex, load_current
 from tasks.shared import model_runs
+from tasks.shared.errors import InputError
 from warehouse import queries
 from warehouse.store import Warehouse
 
@@ -51,7 +52,7 @@ class Searcher:
         return self.model, self.tokenizer
 
 
-class SearchUnavailable(RuntimeError):
+class SearchUnavailable(InputError):
     """Nothing to search yet (no embeddings or index): the message says what to run."""
 
 

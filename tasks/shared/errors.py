@@ -26,3 +26,8 @@ class IngestError(Exception):
         self.code = code
         self.message = message
         self.stage = stage
+
+
+class InputError(ValueError):
+    """A mistake in what the user asked for (a missing path, a pattern that matches nothing,
+    an empty folder, a bad option value): the CLI prints it as one line and exits 2."""

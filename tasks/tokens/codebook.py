@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.shared.errors import InputError
 from tasks.tokens import cluster
 from warehouse import queries
 from warehouse.store import Writer, utcnow
@@ -43,7 +44,8 @@ def fit_codebook(w: Writer, encoder: str, version: str, levels: int, branching: 
     """
     _, _, x = _features(w, "features_of_encoder", [encoder, version])
     if len(x) == 0:
-        raise ValueError(f"no {encoder} features to cluster: run feature extraction first")
+        raise InputError(f"no {encoder} features to cluster in {w.wh.home}: no clip was ingested "
+                         "or none could be decoded (`videobert ingest PATH...` first)")
     # A tiny corpus (the sample videos) still gets a vocabulary: below 2 x min_points the
     # per-centroid floor drops so that at least a one-level tree of a few tokens is fitted.
     mpc = min_points if len(x) >= 2 * min_points else max(1, len(x) // 4)

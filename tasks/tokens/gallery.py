@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tasks.shared import media
+from tasks.shared.errors import InputError
 from tasks.tokens import cluster
 from warehouse.store import Warehouse
 
@@ -42,7 +43,7 @@ def codebook_gallery(wh: Warehouse, out: Path, codebook_id: str | None = None,
                         f"{where} ORDER BY created_at DESC LIMIT 1",
                         [codebook_id] if codebook_id else []).fetchall()
     if not books:
-        raise ValueError("no codebook in this warehouse: run `videobert tokenize` first")
+        raise InputError("no codebook in this warehouse: run `videobert tokenize` first")
     cb_id, rel, encoder, version = books[0]
     tree = cluster.load_tree(wh.home / rel)
     rows = con.execute(
