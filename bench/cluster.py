@@ -24,6 +24,13 @@ the machines are shared, and wall time drifts with other load. Usage::
 
     python bench/cluster.py                          # 150k x 1024, 3x12 and 4x12 leaves
     python bench/cluster.py --n 100000 --shapes 3x12 --hk-backends auto
+    python bench/cluster.py --anchors scikit-learn,faiss --n 100000 --shapes 2x12,3x12,4x12
+    python bench/cluster.py --anchors scikit-learn,faiss --features HOME --shapes 2x12
+
+``--anchors`` compares ours with the same hierarchy (levels x branching, every point descending
+to the nearest child of its node, 20 Lloyd iterations per node) built node by node by
+scikit-learn's ``KMeans`` and by ``faiss.Kmeans`` (issue 17's like-for-like anchor); target:
+ours at most 1.01x the best anchor's final inertia and at least 3x faster than scikit-learn.
 """
 
 from __future__ import annotations
@@ -100,6 +107,120 @@ def run_minibatch(x: np.ndarray, k: int, seed: int, batch: int, large: int,
                       f"ran {mbk.n_steps_} steps ({mbk.n_iter_} epochs)"}
 
 
+def _nearest_child(xs: np.ndarray, children: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ``children`` for each row of ``xs`` (float64 distances)."""
+    c = children.astype(np.float64)
+    out = np.empty(len(xs), np.int64)
+    for s in range(0, len(xs), 16384):
+        xb = xs[s : s + 16384].astype(np.float64)
+        out[s : s + len(xb)] = np.argmin((c * c).sum(1) - 2.0 * xb @ c.T, axis=1)
+    return out
+
+
+def anchor_tree(x: np.ndarray, levels: int, branching: int, fit_node) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """The same hierarchy built node by node with a library's k-means: ``fit_node(points,
+    b, seed) -> (b, d) centroids`` on each node's points; every point descends to the nearest
+    child of its node (as ours does). Returns (leaf centroids, leaf of every point)."""
+    n, d = x.shape
+    node = np.zeros(n, np.int64)
+    parents = x.mean(axis=0, dtype=np.float64)[None].astype(np.float32)
+    for level in range(levels):
+        level_c = np.repeat(parents, branching, axis=0)
+        child = np.zeros(n, np.int64)
+        order = np.argsort(node, kind="stable")
+        ids, starts = np.unique(node[order], return_index=True)
+        for k, idx in zip(ids, np.split(order, starts[1:]), strict=True):
+            pts = x[idx]
+            if len(idx) > branching:
+                level_c[k * branching : (k + 1) * branching] = fit_node(
+                    pts, branching, 1000 * level + int(k))
+            else:
+                level_c[k * branching : k * branching + len(idx)] = pts
+            child[idx] = _nearest_child(pts, level_c[k * branching : (k + 1) * branching])
+        node = node * branching + child
+        parents = level_c
+    return parents, node
+
+
+def _sklearn_node(points: np.ndarray, b: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=b, n_init=1, max_iter=20, random_state=seed).fit(points)
+    return km.cluster_centers_.astype(np.float32)
+
+
+def _faiss_node(points: np.ndarray, b: int, seed: int) -> np.ndarray:
+    import faiss
+
+    km = faiss.Kmeans(points.shape[1], b, niter=20, seed=seed, verbose=False)
+    km.train(np.ascontiguousarray(points, np.float32))
+    return km.centroids
+
+
+ANCHORS = {"scikit-learn KMeans per node": _sklearn_node, "faiss.Kmeans per node": _faiss_node}
+ANCHOR_PARAMS = {
+    "scikit-learn KMeans per node": "KMeans(k-means++, n_init 1, max_iter 20, lloyd) on "
+                                    "every point of each node",
+    "faiss.Kmeans per node": "faiss.Kmeans(niter 20) defaults: random init, at most 256 "
+                             "points per centroid sampled"}
+
+
+def run_anchor(name: str, x: np.ndarray, levels: int, branching: int) -> dict:
+    """One library anchor of the same hierarchy: times, inertia, empty leaves."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    leaves, labels = anchor_tree(x, levels, branching, ANCHORS[name])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    counts = np.bincount(labels, minlength=branching**levels)
+    return {"wall_s": wall, "cpu_s": cpu,
+            "inertia": leaf_inertia(x, leaves.astype(np.float64), labels),
+            "empty": int((counts == 0).sum()), "params": ANCHOR_PARAMS[name]}
+
+
+def load_features(path: Path) -> np.ndarray:
+    """Real clip features: a Parquet file with a ``vector`` column, or a data home (its
+    newest I3D features)."""
+    if path.is_dir():
+        from warehouse.store import Warehouse
+
+        con = Warehouse(path).connect()
+        rows = con.execute("SELECT vector FROM clip_features WHERE encoder = 'i3d'").fetchall()
+        con.close()
+        return np.asarray([r[0] for r in rows], np.float32)
+    import pyarrow.parquet as pq
+
+    return np.asarray(pq.read_table(path, columns=["vector"]).column("vector").to_pylist(),
+                      np.float32)
+
+
+def compare(x: np.ndarray, shapes: str, seed: int, backends: str, anchors: str) -> list[dict]:
+    """Ours (each backend) and the anchors on the same features, per shape; printed."""
+    rows = []
+    for shape in shapes.split(","):
+        levels, branching = (int(v) for v in shape.lower().split("x"))
+        runs = {f"ours {dev}": run_hkmeans(x, levels, branching, seed, dev)
+                for dev in backends.split(",")}
+        for name in ANCHORS:
+            if name.split()[0].split(".")[0].lower() in anchors.lower().split(","):
+                runs[name] = run_anchor(name, x, levels, branching)
+        rows.append({"shape": shape, "n": len(x), "runs": runs})
+        print(f"\n{len(x):,} x {x.shape[1]}, {levels} levels x {branching}")
+        for name, r in runs.items():
+            print(f"  {name:<30} wall {r['wall_s']:7.1f} s  cpu {r['cpu_s']:7.1f} s  inertia "
+                  f"{r['inertia']:.6e}  empty {r['empty']:>5}  [{r['params']}]")
+        best = min(r["inertia"] for n, r in runs.items() if not n.startswith("ours"))
+        sk = runs.get("scikit-learn KMeans per node")
+        for name, r in runs.items():
+            if name.startswith("ours"):
+                ratio = r["inertia"] / best
+                speed = sk["wall_s"] / r["wall_s"] if sk else float("nan")
+                ok = ratio <= 1.01 and speed >= 3
+                print(f"  {name}: inertia {ratio:.4f}x the best anchor, {speed:.1f}x faster "
+                      f"than scikit-learn per node -> target (<= 1.01x, >= 3x) "
+                      f"{'MET' if ok else 'NOT MET'}")
+    return rows
+
+
 def machine() -> str:
     """One line: CPU model, cores, library versions."""
     import faiss
@@ -131,8 +252,21 @@ def main() -> None:
     ap.add_argument("--mbk-large", type=int, default=10_000)
     ap.add_argument("--mbk-large-max-iter", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--anchors", default="", help="compare with the same hierarchy built per "
+                    "node by 'scikit-learn,faiss' instead of MiniBatchKMeans (issue 17)")
+    ap.add_argument("--features", type=Path, default=None, help="real features (a Parquet "
+                    "file with a vector column, or a data home) instead of synthetic ones")
     args = ap.parse_args()
     print(f"machine: {machine()}")
+    if args.anchors:
+        x = (load_features(args.features) if args.features
+             else make_features(args.n, args.d, args.components, args.seed))
+        print(f"features: {x.shape[0]} x {x.shape[1]} "
+              f"({args.features or f'synthetic, seed {args.seed}'})")
+        rows = compare(x, args.shapes, args.seed, args.hk_backends, args.anchors)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        return
     t0 = time.perf_counter()
     x = make_features(args.n, args.d, args.components, args.seed)
     print(f"features: {args.n} x {args.d} float32, {args.components}-component mixture, "

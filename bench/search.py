@@ -20,6 +20,7 @@ noise ANN recall collapses (stack.md), and real embeddings are clustered. Usage:
 
     python bench/search.py                                   # 100k and 1M, all index types
     python bench/search.py --sizes 100000 --kinds flat,hnsw --duckdb-queries 50
+    python bench/search.py --sizes '' --text-sizes 100000   # dense vs lexical vs hybrid only
 """
 
 from __future__ import annotations
@@ -189,6 +190,106 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
             "duckdb_recall": recall_at(best[1], truth[: len(dq)], k), "kinds": kinds}
 
 
+def make_texts(n: int, seed: int, words: int = 12) -> list[str]:
+    """``n`` clip texts of ~``words`` words from a Zipf vocabulary of 20k made-up words (real
+    speech is Zipfian too), seeded."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, size=rng.integers(3, 10))) for _ in range(20000)]
+    p = 1.0 / np.arange(1, len(vocab) + 1) ** 1.07
+    ids = rng.choice(len(vocab), size=(n, words), p=p / p.sum())
+    return [" ".join(vocab[i] for i in row) for row in ids]
+
+
+def bench_text(n: int, args: argparse.Namespace) -> dict:
+    """Single-query latency of dense, lexical and hybrid search over ``n`` clips, same run.
+
+    Dense: the clip index (``build_index``, the type ``choose_index`` picks for n) searched
+    for the top 100; lexical: the published BM25 index (``build_lexical`` over an in-memory
+    DuckDB of n clips with one text each) for the top 100; hybrid: both plus
+    ``rank_hybrid`` (the union fused, cosines of lexical-only clips from the vectors), as
+    ``videobert search`` does before joining the hits with the warehouse (same for every
+    mode, so left out). Queries: 3 words of a held-out clip's text, embedded as that clip's
+    vector plus noise.
+    """
+    import duckdb
+
+    from tasks.retrieval import index as ix
+    from tasks.retrieval import lexical
+
+    rng = np.random.default_rng(args.seed + 1)
+    texts = make_texts(n, args.seed)
+    x = make_embeddings(n, 256, max(50, n // 1000), args.seed)
+    ids = [f"c{i}" for i in range(n)]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE clips AS SELECT 'c' || i AS clip_id, 'v' || (i // 8) AS video_id,"
+                " 1.5 * (i % 8) AS start_s, 1.5 * (i % 8) + 1.5 AS end_s FROM range(?) t(i)",
+                [n])
+    con.execute("CREATE TABLE text_segments AS SELECT 's' || i AS segment_id, "
+                "'v' || (i // 8) AS video_id, 1.5 * (i % 8) AS start_s, 1.5 * (i % 8) + 1.4 "
+                "AS end_s, t AS text, 'srt' AS source, NULL::VARCHAR AS meta_json FROM "
+                "(SELECT unnest(?::VARCHAR[]) AS t, generate_subscripts(?::VARCHAR[], 1) - 1 "
+                "AS i)", [texts, texts])
+    out: dict = {"n": n}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        t0 = time.perf_counter()
+        lexical.build_lexical(con, {"clips": [], "text_segments": []}, Path(tmp))
+        out["lexical_build_s"] = time.perf_counter() - t0
+        lex = lexical.load_current_lexical(Path(tmp))
+        spec = ix.choose_index(n, x.shape[1], 4096 << 20)
+        info = ix.build_index(x, ids, ids, spec, Path(tmp), encoder="bench", model_run="t",
+                              level="clip")
+        dense_ix = ix.load_index(info.path)
+        out["dense_index"] = spec.factory
+        picks = rng.integers(0, n, args.text_queries)
+        queries = [" ".join(texts[i].split()[:3]) for i in picks]
+        qv = x[picks] + 0.05 * rng.standard_normal((len(picks), x.shape[1])).astype(np.float32)
+        at = {c: i for i, c in enumerate(ids)}
+
+        def dense(i: int) -> dict[str, float]:
+            sc, found = dense_ix.search(qv[i], 100)
+            return {str(c): float(v) for c, v in zip(found[0], sc[0], strict=True)}
+
+        def cosines(i: int, cs: list[str]) -> dict[str, float]:
+            return {c: float(x[at[c]] @ qv[i]) for c in cs}
+
+        def hybrid(i: int) -> list:
+            return lexical.rank_hybrid(dense(i), lex.search(queries[i], 100),
+                                       lambda cs: cosines(i, cs), 0.5, 10)
+
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        for name, fn in (("dense", dense), ("lexical", lambda i: lex.search(queries[i], 100)),
+                         ("hybrid", hybrid)):
+            fn(0)  # warm
+            times = []
+            for i in range(len(queries)):
+                t0 = time.perf_counter()
+                fn(i)
+                times.append(1e3 * (time.perf_counter() - t0))
+            out[f"{name}_ms"] = statistics.median(times)
+            out[f"{name}_p95_ms"] = float(np.percentile(times, 95))
+        faiss.omp_set_num_threads(args.threads)
+        hits = sum(any(c == f"c{p}" for c, _, _ in hybrid(i)) for i, p in enumerate(picks))
+        out["hybrid_found_share"] = hits / len(picks)
+    con.close()
+    return out
+
+
+def report_text(r: dict) -> None:
+    """Print the text benchmark's table."""
+    print(f"\n## {r['n']:,} clips' text: lexical index built in {r['lexical_build_s']:.1f} s; "
+          f"dense index {r['dense_index']}; single queries, one thread")
+    print("| mode | median ms | p95 ms | x dense |")
+    print("|---|---|---|---|")
+    for m in ("dense", "lexical", "hybrid"):
+        print(f"| {m} | {r[m + '_ms']:.2f} | {r[m + '_p95_ms']:.2f} | "
+              f"{r[m + '_ms'] / r['dense_ms']:.2f} |")
+    print(f"(hybrid finds the clip whose words were queried in its top 10 for "
+          f"{100 * r['hybrid_found_share']:.0f}% of queries)")
+
+
 def machine() -> str:
     """One line: CPU model, cores, load, library versions."""
     import duckdb
@@ -242,13 +343,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="folder for the temporary index files")
     ap.add_argument("--json", default=None, help="write all figures to this file")
+    ap.add_argument("--text-sizes", default="100000",
+                    help="clip counts for dense vs lexical vs hybrid query latency ('' skips)")
+    ap.add_argument("--text-queries", type=int, default=200)
     args = ap.parse_args()
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
     print(machine(), flush=True)
+    text_results = []
+    for n in (int(s) for s in args.text_sizes.split(",") if s):
+        text_results.append(bench_text(n, args))
+        report_text(text_results[-1])
     results = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in (int(s) for s in args.sizes.split(",") if s):
         sub = argparse.Namespace(**vars(args))
         sub.duckdb_queries = args.duckdb_queries or (100 if n <= 100_000 else 20)
         results.append(bench_size(n, sub))
@@ -256,9 +364,11 @@ def main() -> None:
     print("\n" + machine())
     for res in results:
         report(res)
+    for res in text_results:
+        report_text(res)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results,
+                                               "text": text_results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 Run it with ``videobert evaluate`` or ``python -m flows.evaluate [HOME]``. For each encoder
 with embeddings (concepts zero-shot, CLIP when given, VideoBERT fine-tuned, and VideoBERT with
 alignment-head re-ranking) it computes R@1/5/10, MdR and MnR in both directions at clip and
-video level, exactly and through the published FAISS index
-(``tasks/retrieval/evaluate.py``). Results go to ``eval_results``, a Prefect table artifact,
-and a report (Markdown + recall@K PNG) in
-``<home>/reports/<eval_id>/``.
+video level, exactly and through the published FAISS index (``tasks/retrieval/evaluate.py``);
+lexical search alone and fused with each encoder get exact clip-level text->clip rows
+(leave-one-out, ``tasks/retrieval/hybrid.py``). Results go to ``eval_results``, a Prefect
+table artifact, and a report (Markdown + recall@K PNG) in ``<home>/reports/<eval_id>/``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class EvaluateParams(BaseModel):
     model_run: str | None = Field(None, description="VideoBERT fine-tune run (default: live)")
     rerank: bool = Field(True, description="Also evaluate alignment-head re-ranking")
     rerank_top: int = Field(20, ge=2, description="Candidates re-ranked per caption")
+    lexical: bool = Field(True, description="Also evaluate lexical search and its fusion with "
+                          "each encoder (leave-one-out: a caption's own text is not searched)")
     device: str = Field("auto", description="auto, cpu, cuda, ...")
 
 
@@ -106,6 +108,43 @@ def _rerank(wh: Warehouse, es: Any, text: Any, clip: Any, index: Any, run: tuple
     return row | {"encoder": "videobert+rerank"}
 
 
+@task(name="evaluate-lexical", cache_policy=NO_CACHE)
+def lexical_task(home: Path, split: str, dense: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Lexical search alone and fused with each dense encoder (its tuned weight), clip level
+    text->clip, leave-one-out (:mod:`tasks.retrieval.hybrid`); none without a lexical index."""
+    from tasks.retrieval import evaluate as ev
+    from tasks.retrieval import hybrid
+    from tasks.retrieval.index_load import IndexRefused
+    from tasks.retrieval.lexical import load_current_lexical
+    from warehouse import queries
+
+    try:
+        lex = load_current_lexical(home / "indices")
+    except IndexRefused as e:
+        get_run_logger().warning("lexical rows skipped: %s", e)
+        return []
+    wh = Warehouse(home)
+    es = ev.load_eval_set(wh, split)
+    if lex is None or not es.segment_ids:
+        return []
+    con = wh.connect()
+    texts = dict(con.execute(queries.load("segment_texts"), [es.segment_ids]).fetchall())
+    con.close()
+    lexical = hybrid.lexical_sims(lex.docs, es.clip_ids, es.segment_ids,
+                                  [texts[s] for s in es.segment_ids])
+    out: list[dict[str, Any]] = []
+    for enc, run in dense:
+        sim = (ev.vectors(wh, enc, run, "text", es.segment_ids)
+               @ ev.vectors(wh, enc, run, "clip", es.clip_ids).T)
+        weight = lex.weight(enc, run)
+        lexical_row, hybrid_row = hybrid.rows(sim, lexical, es.text_to_clips, weight)
+        if not out:
+            out.append(lexical_row | {"encoder": "lexical", "model_run": lex.manifest["index_id"]})
+        out.append(hybrid_row | {"encoder": f"{enc}+lexical", "model_run": run,
+                                 "hybrid_weight": weight})
+    return out
+
+
 def _report(home: Path, eval_id: str, split: str, rows: list[dict[str, Any]]) -> Path:
     """Markdown table + recall@K curves (t2v, clip level, exact) in <home>/reports/<eval_id>."""
     import matplotlib
@@ -158,6 +197,8 @@ def evaluate_flow(params: EvaluateParams) -> dict[str, Any]:
     for enc, run_id, run in targets:
         rows += evaluate_task(home, params.split, enc, run_id, run, params.rerank,
                               params.rerank_top, params.device)
+    if params.lexical:
+        rows += lexical_task(home, params.split, [(enc, run_id) for enc, run_id, _ in targets])
     now = utcnow()
     table = [{"eval_id": eval_id, "split": params.split, "at": now,
               **{k: r[k] for k in ("encoder", "model_run", "level", "direction", "mode",

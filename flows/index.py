@@ -1,4 +1,5 @@
-"""Index flow: embeddings for every available encoder -> FAISS indices per (encoder, run, level).
+"""Index flow: embeddings for every available encoder -> FAISS indices per (encoder, run, level),
+and a lexical (BM25) index over what is said in each clip for hybrid search.
 
 Run it with ``videobert index`` or ``python -m flows.index [HOME]`` (deployment ``reindex``).
 Embeddings are written for the concepts baseline (always, when its features exist), CLIP (when
@@ -39,6 +40,8 @@ class IndexParams(BaseModel):
     clip_model: str | None = Field(None, description="CLIP weights for the text tower")
     memory_budget_mb: int = Field(4096, ge=1, description="RAM an index may take")
     rebuild: bool = Field(False, description="Rebuild even when new items could be added")
+    lexical: bool = Field(True, description="Also build the lexical (BM25) index over what "
+                          "is said in each clip, for hybrid search")
     device: str = Field("auto", description="auto, cpu, cuda, ...")
 
 
@@ -126,12 +129,83 @@ def index_task(home: Path, encoder: str, model_run: str, level: str, memory_budg
             "build_s": info.build_s}
 
 
+@task(name="lexical-index", cache_policy=NO_CACHE)
+def lexical_task(home: Path, dense: list[tuple[str, str]], rebuild: bool) -> dict[str, Any]:
+    """Build (or keep) the lexical index, with the hybrid weight of each dense (encoder, run)
+    tuned on the validation split when it has captions."""
+    import duckdb
+
+    from tasks.retrieval import lexical
+    from tasks.retrieval.index_load import IndexRefused, current_index
+    from warehouse.store import create_views
+
+    wh = Warehouse(home)
+    root = home / "indices"
+    manifest = wh.manifest()
+    con = duckdb.connect()
+    create_views(con, wh, manifest)  # the documents and their recorded parts: one version
+    try:
+        parts = lexical.input_parts(manifest)
+        cur = None
+        folder = current_index(root, *lexical.GROUP)
+        if folder is not None:
+            try:
+                cur = lexical.load_lexical(folder)
+            except IndexRefused:
+                cur = None  # damaged: rebuilt below
+        same = cur is not None and not rebuild and cur.manifest["inputs"] == parts
+        fusion = _tune_fusion(wh, con, dense, cur if same else None)
+        if same and cur.manifest["fusion"] == fusion:
+            return {"encoder": "lexical", "level": "clip", "action": "unchanged",
+                    "ntotal": cur.manifest["n_docs"], "path": str(cur.folder)}
+        row = lexical.build_lexical(con, parts, root, fusion, log=get_run_logger().info)
+    finally:
+        con.close()
+    row["path"] = str(Path(row["path"]).relative_to(home))
+    with wh.writer(wait_s=120, purpose="index") as w:
+        w.commit([w.stage("indices", [row])], message="index lexical/bm25/clip")
+    return {"encoder": "lexical", "level": "clip", "action": "built", "type": "bm25",
+            "ntotal": row["ntotal"], "path": str(home / row["path"]), "build_s": row["build_s"],
+            "fusion": fusion}
+
+
+def _tune_fusion(wh: Warehouse, con: Any, dense: list[tuple[str, str]], cur: Any
+                 ) -> dict[str, Any]:
+    """Per dense ``encoder:run``, the hybrid weight tuned on the val split (kept from the
+    current index when its text and that run are unchanged)."""
+    from tasks.retrieval import evaluate as ev
+    from tasks.retrieval import hybrid, lexical
+
+    es = ev.load_eval_set(wh, "val")
+    if not es.segment_ids:
+        return {}
+    out: dict[str, Any] = {}
+    docs = None
+    texts = dict(con.execute(queries.load("segment_texts"), [es.segment_ids]).fetchall())
+    for enc, run in dense:
+        key = f"{enc}:{run}"
+        if cur is not None and key in cur.manifest["fusion"]:
+            out[key] = cur.manifest["fusion"][key]
+            continue
+        try:
+            sim = (ev.vectors(wh, enc, run, "text", es.segment_ids)
+                   @ ev.vectors(wh, enc, run, "clip", es.clip_ids).T)
+        except LookupError:
+            continue
+        docs = docs if docs is not None else lexical.clip_documents(con)
+        lex = hybrid.lexical_sims(docs, es.clip_ids, es.segment_ids,
+                                  [texts[s] for s in es.segment_ids])
+        out[key] = hybrid.tune_weight(sim, lex, es.text_to_clips) | {"split": "val"}
+    return out
+
+
 @flow(name="reindex")
 def index_flow(params: IndexParams) -> dict[str, Any]:
     """Embeddings for every available encoder, then clip and video indices for each."""
     log = get_run_logger()
     home = resolve_home(params.home)
     out: dict[str, Any] = {"home": str(home), "embeddings": [], "indices": []}
+    dense: list[tuple[str, str]] = []
     for enc in params.encoders:
         got = embeddings_task(home, enc, params)
         out["embeddings"].append(got)
@@ -143,6 +217,11 @@ def index_flow(params: IndexParams) -> dict[str, Any]:
                              params.rebuild)
             out["indices"].append(res)
             log.info("index %s/%s: %s", enc, level, res["action"])
+        dense.append((enc, got["model_run"]))
+    if params.lexical:
+        res = lexical_task(home, dense, params.rebuild)
+        out["indices"].append(res)
+        log.info("index lexical/clip: %s", res["action"])
     return out
 
 

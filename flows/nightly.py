@@ -18,6 +18,7 @@ decision become Prefect artifacts.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,15 +140,19 @@ def _train(home: Path, wh: Warehouse, p: NightlyParams, live: tuple | None,
     from flows.pretrain import PretrainParams, pretrain_flow
 
     parent = nt.pretrain_parent(wh, live, codebook_id)
+    t0 = time.perf_counter()
     pre = pretrain_flow(PretrainParams(
         home=str(home), preset=p.pretrain_preset, steps=p.pretrain_steps,
         batch_size=p.pretrain_batch_size, codebook=codebook_id, continue_from=parent,
         eval_every=min(100, p.pretrain_steps), ckpt_every=p.pretrain_steps, seed=p.seed,
         device=p.device))
+    pre["seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     fine = finetune_flow(FinetuneParams(
         home=str(home), from_run=pre["model_run"], steps=p.finetune_steps,
         batch_size=p.finetune_batch_size, lr=p.finetune_lr,
         eval_every=max(1, min(50, p.finetune_steps // 2)), seed=p.seed, device=p.device))
+    fine["seconds"] = time.perf_counter() - t0
     return pre | {"continue_from": parent}, fine
 
 
@@ -218,7 +223,9 @@ def nightly_flow(params: NightlyParams) -> dict[str, Any]:
         result: dict[str, Any] = {"home": str(home),
                                   "cleanup": {"failed_runs": nt.crash_cleanup(wh)}}
         live = model_runs.live_run(wh)
+        t0 = time.perf_counter()
         result["ingest"] = _ingest(params, home)
+        seconds = result["seconds"] = {"ingest": time.perf_counter() - t0}
         pending = nt.data_since(wh, live)
         result["live_before"] = live[0] if live else None
         if live is not None and not pending and not params.force:
@@ -227,21 +234,30 @@ def nightly_flow(params: NightlyParams) -> dict[str, Any]:
                      "indexing and evaluation skipped", live[0])
             _artifacts(result)
             return result
+        t0 = time.perf_counter()
         tok = _tokenize(home, wh, params, live, result["ingest"])
+        seconds["tokenize"] = time.perf_counter() - t0
         codebook_id = tok["codebook"]["codebook_id"]
         pre, fine = _train(home, wh, params, live, codebook_id)
+        seconds |= {"pretrain": pre.pop("seconds"), "finetune": fine.pop("seconds")}
         from flows.index import IndexParams, index_flow
 
+        t0 = time.perf_counter()
         index_flow(IndexParams(home=str(home), model_run=fine["model_run"],
                                clip_model=params.clip_model, device=params.device))
+        seconds["index"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         gate = _gate(home, wh, params, fine["model_run"], live)
+        seconds["gate"] = time.perf_counter() - t0
         after = model_runs.live_run(wh)
         result |= {"status": "trained", "tokenize": {k: tok[k] for k in (
                        "codebook", "new_clip_share", "reclustered")},
                    "pretrain": {k: pre.get(k) for k in ("model_run", "continue_from", "steps")},
                    "finetune": {k: fine[k] for k in ("model_run", "best_step", "val")},
-                   "gate": gate, "live_run": after[0] if after else None,
-                   "evaluation": _evaluate(home, wh, params)}
+                   "gate": gate, "live_run": after[0] if after else None}
+        t0 = time.perf_counter()
+        result["evaluation"] = _evaluate(home, wh, params)
+        seconds["evaluate"] = time.perf_counter() - t0
         log.info("nightly: candidate %s %s (%s); live %s", fine["model_run"],
                  "promoted" if gate["promoted"] else "not promoted", gate["reason"],
                  result["live_run"])

@@ -134,11 +134,16 @@ def test_indices_published_recorded_and_incremental(trained):
     first, second = trained["index"], trained["index_again"]
     built = {(r["encoder"], r["level"]) for r in first["indices"] if r["action"] == "built"}
     assert built == {(e, lv) for e in ("concepts", "clip", "videobert")
-                     for lv in ("clip", "video")}
+                     for lv in ("clip", "video")} | {("lexical", "clip")}
     assert all(r["action"] == "unchanged" for r in second["indices"])
     assert all(sum(e["added"].values()) == 0 for e in second["embeddings"])
     con = _con(trained["home"])
-    assert con.execute("SELECT count(*) FROM indices").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM indices").fetchone()[0] == 7
+    # the hybrid weight of each dense model was tuned on the val split and stored
+    lexical = next(r for r in first["indices"] if r["encoder"] == "lexical")
+    assert set(lexical["fusion"]) == {f"{e['encoder']}:{e['model_run']}"
+                                      for e in first["embeddings"]}
+    assert all(f["split"] == "val" and 0 <= f["weight"] <= 1 for f in lexical["fusion"].values())
 
 
 def test_evaluate_table_has_every_encoder_and_mode(trained):
@@ -149,6 +154,12 @@ def test_evaluate_table_has_every_encoder_and_mode(trained):
             assert {(enc, level, "t2v", "exact"), (enc, level, "v2t", "exact"),
                     (enc, level, "t2v", "index")} <= got
     assert ("videobert+rerank", "clip", "t2v", "index") in got
+    assert {("lexical", "clip", "t2v", "exact"), ("videobert+lexical", "clip", "t2v", "exact"),
+            ("concepts+lexical", "clip", "t2v", "exact")} <= got
+    # leave-one-out: a synthetic clip's only text is its own caption, so words alone never
+    # find it (its documents are left out of that caption's ranking)
+    lexical = next(r for r in ev["rows"] if r["encoder"] == "lexical")
+    assert lexical["r1"] == 0.0 and lexical["r10"] == 0.0
     for r in ev["rows"]:
         assert 0 <= r["r1"] <= r["r5"] <= r["r10"] <= 100
         assert 1 <= r["mdr"] <= r["n_candidates"] + 1

@@ -159,6 +159,9 @@ def search(
         help="Re-rank the top candidates with VideoBERT as a cross-encoder (alignment head "
              "fused with the similarity)")] = False,
     rerank_top: Annotated[int, typer.Option(help="Candidates re-ranked", min=1)] = 20,
+    mode: Annotated[str, typer.Option(
+        help="hybrid (what is seen + what is said), dense (embeddings only), lexical (words "
+             "only); default: hybrid when the lexical index has text, else dense")] = "auto",
     clip_model: Annotated[str | None, typer.Option(help="CLIP weights (for --encoder clip)")]
     = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")] = Fmt.table,
@@ -167,7 +170,9 @@ def search(
     """Search the indexed videos: path, clip start-end, score and the text said there.
 
     JSON output (--format json) is an array of objects with rank, clip_id, video_id, path,
-    start_s, end_s, score, text (and align_logit and rerank_score with --rerank)."""
+    start_s, end_s, score, text (and align_logit and rerank_score with --rerank; mode,
+    hybrid_score, lexical_score, dense_rank, lexical_rank and the matched words in hybrid and
+    lexical mode)."""
     from tasks.retrieval.index_load import IndexRefused
     from tasks.retrieval.search import SearchUnavailable, open_searcher
     from tasks.retrieval.search import search as run_search
@@ -176,20 +181,28 @@ def search(
     try:
         t0 = time.perf_counter()
         s = open_searcher(Path(h), encoder, model_run=model_run, clip_model=clip_model,
-                          rerank=rerank)
+                          rerank=rerank, mode=mode)
         t1 = time.perf_counter()
         hits = run_search(Path(h), s, query, k, rerank=rerank, rerank_top=rerank_top)
         t2 = time.perf_counter()
     except (SearchUnavailable, IndexRefused, ValueError, FileNotFoundError) as e:
         fail_from(e)
+    if s.notice:
+        err.print(Text(s.notice, style="yellow"), soft_wrap=True)
     cols = ["rank", "path", "start_s", "end_s", "score", "text"]
     if rerank:
         cols[5:5] = ["align_logit", "rerank_score"]
+    if s.mode != "dense":
+        cols[4:5] = (["hybrid_score", "score", "lexical_score"] if s.mode == "hybrid"
+                     else ["score"])
+        cols[-1:-1] = ["matched"]
+        if fmt is not Fmt.json:
+            hits = [r | {"matched": " ".join(r["matched"])} for r in hits]
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(hits) + "\n")
         return
     print_rows(cols, [tuple(r[c] for c in cols) for r in hits], fmt,
-               title=f"{s.encoder} / {s.model_run}: {query!r}")
+               title=f"{s.mode}: {s.encoder} / {s.model_run}: {query!r}")
     if fmt is Fmt.table:
         out.print(f"[dim]load {t1 - t0:.2f} s, query {t2 - t1:.3f} s[/dim]")
 

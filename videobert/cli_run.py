@@ -113,6 +113,8 @@ def _print_result(result: dict[str, Any]) -> None:
                 for r in ev["rows"]]
         print_rows(Cols, rows, Fmt.table, title=f"retrieval on {ev['split']} ({ev['eval_id']})")
         out.print(f"report: {ev['report']}")
+    if result.get("seconds"):
+        out.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))
     gate = result["gate"]
     verdict = "promoted" if gate["promoted"] else "NOT promoted"
     out.print(f"candidate {gate['model_run']} {verdict}: {gate['reason']}")

@@ -342,7 +342,8 @@ def add_to_index(folder: Path, vectors: np.ndarray, item_ids: Sequence[str],
     return info
 
 
-def publish_index(folder: Path) -> Path:
+def publish_index(folder: Path,
+                  read_manifest: Callable[[Path], Mapping[str, Any]] = _read_manifest) -> Path:
     """Point the group's ``current.json`` at ``folder``, then delete older builds.
 
     Removed: the previously published folder and other complete folders built before this
@@ -351,12 +352,13 @@ def publish_index(folder: Path) -> Path:
 
     Args:
         folder: a complete index folder inside its group.
+        read_manifest: reads and checks a folder's manifest (the lexical index has its own).
 
     Returns:
         The pointer file.
     """
     folder = Path(folder)
-    m = _read_manifest(folder)
+    m = read_manifest(folder)
     group = folder.parent
     pointer = group / POINTER
     previous = _read_pointer(pointer)
@@ -370,7 +372,7 @@ def publish_index(folder: Path) -> Path:
                 shutil.rmtree(p, ignore_errors=True)
             continue
         try:
-            older = _read_manifest(p).get("built_at", "") <= m.get("built_at", "")
+            older = read_manifest(p).get("built_at", "") <= m.get("built_at", "")
         except IndexCorrupt:
             older = True
         if older or p.name == previous:

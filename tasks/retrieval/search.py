@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.retrieval.index_load import LoadedIndex, load_current
+from tasks.retrieval.index_load import IndexRefused, LoadedIndex, load_current
 from tasks.shared import model_runs
 from tasks.shared.errors import InputError
 from warehouse import queries
@@ -41,6 +41,9 @@ class Searcher:
     codebook_id: str | None = None
     checkpoint: Path | None = None
     device: str = "cpu"
+    mode: str = "dense"
+    lexical: Any = None
+    notice: str | None = None
 
     def torch_model(self) -> tuple[Any, Any]:
         """(VideoBert, tokenizer), loaded once; for re-ranking."""
@@ -52,13 +55,57 @@ class Searcher:
         return self.model, self.tokenizer
 
 
+MODES = ("auto", "hybrid", "dense", "lexical")
+POOL = 100  # candidates each side of a hybrid search contributes
+
+
 class SearchUnavailable(InputError):
     """Nothing to search yet (no embeddings or index): the message says what to run."""
 
 
 def open_searcher(home: Path, encoder: str | None = None, *, model_run: str | None = None,
                   clip_model: str | None = None, device: str = "cpu",
-                  rerank: bool = False) -> Searcher:
+                  rerank: bool = False, mode: str = "auto") -> Searcher:
+    """Load the query encoder, the published clip index and (``mode`` other than dense) the
+    lexical index.
+
+    ``mode``: ``auto`` is hybrid when a usable lexical index with text exists, else dense (a
+    refused lexical index then leaves a ``notice``); ``hybrid`` and ``lexical`` refuse to
+    run without one; ``dense`` never reads it. ``--rerank`` re-scores dense results only.
+    """
+    if mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if rerank and mode in ("hybrid", "lexical"):
+        raise InputError("--rerank re-scores dense results: use --mode dense (or leave "
+                         "--mode out)")
+    s = _open_dense(home, encoder, model_run=model_run, clip_model=clip_model, device=device,
+                    rerank=rerank)
+    if mode == "dense" or (mode == "auto" and rerank):
+        return s
+    from tasks.retrieval.lexical import check_fresh, load_current_lexical
+
+    try:
+        lex = load_current_lexical(home / "indices")
+        added = [] if lex is None else check_fresh(lex, Warehouse(home).manifest())
+    except IndexRefused as e:
+        if mode == "auto":
+            s.notice = f"lexical index refused, searching by embedding only: {e}"
+            return s
+        raise
+    if lex is None or lex.manifest["n_docs"] == 0:
+        if mode == "auto":
+            return s
+        raise SearchUnavailable(f"no clip in {home} has text to search by words" if lex
+                                else f"no lexical index in {home}: run `videobert index`")
+    s.lexical, s.mode = lex, ("hybrid" if mode == "auto" else mode)
+    if added:
+        s.notice = (f"{len(added)} warehouse part(s) were added since the lexical index was "
+                    "built: their words are found after the next `videobert index`")
+    return s
+
+
+def _open_dense(home: Path, encoder: str | None, *, model_run: str | None,
+                clip_model: str | None, device: str, rerank: bool) -> Searcher:
     """Load the query encoder and the published clip index.
 
     Args:
@@ -150,7 +197,9 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
         similarity).
     """
     if not query.strip():
-        raise ValueError("empty query")
+        raise InputError("empty query")
+    if s.mode != "dense":
+        return _details(Warehouse(home), _by_words(Warehouse(home), s, query, k))
     if rerank and s.checkpoint is None:
         raise ValueError(f"--rerank needs a VideoBERT model; the {s.encoder} encoder has no "
                          "alignment head")
@@ -169,22 +218,76 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
         fused = {c: sc + weight * extra[c] for c, sc in hits if c in extra}
         # re-scored candidates first, by fused score; the rest keep their order behind them
         hits.sort(key=lambda h: (h[0] not in fused, -fused.get(h[0], 0.0)))
-    hits = hits[:k]
-    con = wh.connect_published()
-    details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
-                                            [[h[0] for h in hits]]).fetchall()}
-    con.close()
-    out = []
-    for rank, (clip_id, score) in enumerate(hits, 1):
-        _c, video_id, start, end, path, text = details.get(clip_id, (clip_id, None, None, None,
-                                                                     None, None))
-        row = {"rank": rank, "clip_id": clip_id, "video_id": video_id, "path": path,
-               "start_s": start, "end_s": end, "score": round(score, 6), "text": text or ""}
+    rows = []
+    for clip_id, score in hits[:k]:
+        row: dict[str, Any] = {"clip_id": clip_id, "score": round(score, 6)}
         if rerank:
             row["align_logit"] = round(extra.get(clip_id, float("nan")), 6)
             row["rerank_score"] = round(fused.get(clip_id, float("nan")), 6)
-        out.append(row)
+        rows.append(row)
+    return _details(wh, rows)
+
+
+def _details(wh: Warehouse, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ranked hits with their video, path, times and the text said there."""
+    con = wh.connect_published()
+    details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
+                                            [[r["clip_id"] for r in rows]]).fetchall()}
+    con.close()
+    out = []
+    for rank, hit in enumerate(rows, 1):
+        clip_id = hit["clip_id"]
+        _c, video_id, start, end, path, text = details.get(clip_id, (clip_id, None, None, None,
+                                                                     None, None))
+        row = {"rank": rank, "clip_id": clip_id, "video_id": video_id, "path": path,
+               "start_s": start, "end_s": end, "score": hit["score"], "text": text or ""}
+        out.append(row | {k: v for k, v in hit.items() if k not in row})
     return out
+
+
+def _by_words(wh: Warehouse, s: Searcher, query: str, k: int) -> list[dict[str, Any]]:
+    """Hybrid or lexical hits: ``score`` is the cosine similarity (hybrid) or the BM25 score
+    (lexical); with ``hybrid_score``, ``lexical_score``, ``dense_rank``, ``lexical_rank`` (None:
+    not among that side's top :data:`POOL`) and the query's ``matched`` words."""
+    from tasks.retrieval.lexical import rank_hybrid
+
+    pool = max(k, POOL)
+    lex = s.lexical.search(query, pool)
+    dense: dict[str, float] = {}
+    if s.mode == "hybrid":
+        q = np.asarray(s.embed([query]), dtype=np.float32)
+        scores, ids = s.index.search(q, min(s.index.ntotal, pool))
+        dense = {str(i): float(x) for i, x in zip(ids[0], scores[0], strict=True)
+                 if i is not None and str(i) not in ("", "None")}
+        ranked = rank_hybrid(dense, lex, lambda cs: _cosines(wh, s, q[0], cs),
+                             s.lexical.weight(s.encoder, s.model_run), k)
+    else:
+        ranked = [(c, None, sc) for c, (sc, _) in list(lex.items())[:k]]
+    lex_rank = {c: i for i, c in enumerate(lex, 1)}
+    dense_rank = {c: i for i, c in enumerate(dense, 1)}
+    rows = []
+    for c, fused, score in ranked:
+        row: dict[str, Any] = {"clip_id": c, "score": round(score, 6)}
+        if fused is not None:
+            row["hybrid_score"] = round(fused, 6)
+        rows.append(row | {
+            "lexical_score": round(lex[c][0], 6) if c in lex else None,
+            "dense_rank": dense_rank.get(c), "lexical_rank": lex_rank.get(c),
+            "matched": s.lexical.matched_words(query, lex[c][1]) if c in lex else [],
+            "mode": s.mode})
+    return rows
+
+
+def _cosines(wh: Warehouse, s: Searcher, q: np.ndarray, clip_ids: list[str]) -> dict[str, float]:
+    """Cosine of the query with clips outside the dense pool (from their stored vectors)."""
+    if not clip_ids:
+        return {}
+    con = wh.connect_published()
+    rows = con.execute(queries.load("clip_embeddings_of"),
+                       [s.encoder, s.model_run, clip_ids]).fetchall()
+    con.close()
+    qn = q / max(float(np.linalg.norm(q)), 1e-12)
+    return {c: float(_unit(v) @ qn) for c, v in rows}
 
 
 def _align(wh: Warehouse, s: Searcher, query: str, clip_ids: list[str]) -> dict[str, float]:

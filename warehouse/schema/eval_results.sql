@@ -19,7 +19,7 @@ CREATE TABLE eval_results (
 );
 COMMENT ON TABLE eval_results IS 'Text<->video retrieval metrics per encoder and model run (R@K in percent).';
 COMMENT ON COLUMN eval_results.eval_id IS 'one evaluation run (several encoders share it)';
-COMMENT ON COLUMN eval_results.encoder IS 'concepts, clip, videobert or videobert+rerank';
+COMMENT ON COLUMN eval_results.encoder IS 'concepts, clip, videobert, videobert+rerank, lexical (BM25 over what is said, leave-one-out) or ENCODER+lexical (hybrid: that encoder fused with lexical search)';
 COMMENT ON COLUMN eval_results.model_run IS 'model run or encoder version evaluated';
 COMMENT ON COLUMN eval_results.split IS 'split of the queries and candidates (test by default)';
 COMMENT ON COLUMN eval_results.level IS 'clip (caption -> its clip) or video (caption -> its video)';
