@@ -153,7 +153,8 @@ def _sklearn_node(points: np.ndarray, b: int, seed: int) -> np.ndarray:
 def _faiss_node(points: np.ndarray, b: int, seed: int) -> np.ndarray:
     import faiss
 
-    km = faiss.Kmeans(points.shape[1], b, niter=20, seed=seed, verbose=False)
+    km = faiss.Kmeans(points.shape[1], b, niter=20, seed=seed, verbose=False,
+                      min_points_per_centroid=1)  # only silences its small-node warning
     km.train(np.ascontiguousarray(points, np.float32))
     return km.centroids
 

@@ -39,3 +39,21 @@ def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
     h.mkdir()
     return h
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> dict:
+    """``videobert run`` on the built-in sample corpus, once per session, as a user runs it
+    (a subprocess; 5 pretraining and 5 fine-tuning steps): its home and output."""
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("sample-run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"VIDEOBERT_HOME": str(base / "home"), "COLUMNS": "250", "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    p = subprocess.run([sys.executable, "-m", "videobert.cli", "run", "--pretrain-steps", "5",
+                        "--finetune-steps", "5"], capture_output=True, text=True, env=env,
+                       timeout=900, cwd=base)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return {"home": base / "home", "stdout": p.stdout, "stderr": p.stderr}

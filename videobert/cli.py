@@ -17,7 +17,15 @@ from typing import Annotated, Any
 
 import typer
 
-from videobert import __version__, cli_data, cli_pretrain, cli_retrieval, cli_run, cli_warehouse
+from videobert import (
+    __version__,
+    cli_data,
+    cli_pretrain,
+    cli_retrieval,
+    cli_run,
+    cli_serve,
+    cli_warehouse,
+)
 from videobert.cli_common import out, report_error
 
 # (group or "" for top level, command name, function): the whole command tree, in help order.
@@ -33,6 +41,7 @@ COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
     ("", "evaluate", cli_retrieval.evaluate),
     ("", "search", cli_retrieval.search),
     ("", "probe", cli_retrieval.probe),
+    ("", "serve", cli_serve.serve),
     ("", "run", cli_run.run_nightly),
     ("codebook", "show", cli_data.codebook_show),
     ("weights", "install", cli_data.weights_install),

@@ -120,14 +120,24 @@ class LoadedIndex:
         return scores, ids
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "manifest.json"
+def read_manifest_json(folder: Path) -> Any:
+    """The parsed ``manifest.json`` of an index folder (FAISS or lexical).
+
+    Raises:
+        IndexCorrupt: missing or unreadable.
+    """
+    path = Path(folder) / "manifest.json"
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise IndexCorrupt(path, "manifest.json is missing") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexCorrupt(path, f"manifest.json is unreadable ({e})") from e
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    m = read_manifest_json(folder)
     need = ("format", "index_id", "kind", "type", "d", "ntotal", "metric", "files", "params",
             "encoder", "model_run", "level")
     missing = [k for k in need if not isinstance(m, dict) or k not in m]
@@ -152,7 +162,8 @@ def _check_expect(folder: Path, m: Mapping[str, Any], expect: Mapping[str, Any] 
                                 f"index built for {key}={m[key]!r}, expected {want!r}")
 
 
-def _check_file(folder: Path, name: str, entry: Mapping[str, Any], check_sha: bool) -> None:
+def check_file(folder: Path, name: str, entry: Mapping[str, Any], check_sha: bool) -> None:
+    """``folder/name`` exists with the manifest's size (and sha256 when ``check_sha``)."""
     path = folder / name
     if not path.is_file():
         raise IndexCorrupt(path, f"{name} is missing")
@@ -188,7 +199,7 @@ def load_index(folder: Path, expect: Mapping[str, Any] | None = None, *,
     m = _read_manifest(folder)
     _check_expect(folder, m, expect)
     for name in FILES:
-        _check_file(folder, name, m["files"][name], check_sha256)
+        check_file(folder, name, m["files"][name], check_sha256)
     try:
         ids = pq.read_table(folder / "ids.parquet", columns=list(IDS_SCHEMA.names))
         index = faiss.read_index(str(folder / "index.faiss"))

@@ -42,7 +42,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.retrieval.index import publish_index
-from tasks.retrieval.index_load import IndexCorrupt, IndexRefused, current_index, group_dir
+from tasks.retrieval.index_load import (
+    IndexCorrupt,
+    IndexRefused,
+    check_file,
+    current_index,
+    group_dir,
+    read_manifest_json,
+)
 from warehouse import queries
 from warehouse.atomic import TMP_PREFIX, sha256_file
 from warehouse.parquet import write_parquet_atomic
@@ -277,12 +284,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         IndexCorrupt: missing, unreadable or incomplete.
     """
     path = Path(folder) / "manifest.json"
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise IndexCorrupt(path, "manifest.json is missing") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexCorrupt(path, f"manifest.json is unreadable ({e})") from e
+    m = read_manifest_json(folder)
     need = ("format", "index_id", "kind", "n_docs", "files", "inputs", "fusion", "built_at")
     missing = [k for k in need if not isinstance(m, dict) or k not in m]
     if missing or m.get("kind") != "bm25" or m.get("format") != MANIFEST_FORMAT:
@@ -301,14 +303,7 @@ def load_lexical(folder: Path, *, check_sha256: bool = True) -> LexicalIndex:
     folder = Path(folder)
     m = read_manifest(folder)
     for name in FILES:
-        entry, path = m["files"].get(name) or {}, folder / name
-        if not path.is_file():
-            raise IndexCorrupt(path, f"{name} is missing")
-        if path.stat().st_size != entry.get("bytes"):
-            raise IndexCorrupt(path, f"{name} has {path.stat().st_size} bytes, manifest.json "
-                                     f"says {entry.get('bytes')} (truncated or replaced)")
-        if check_sha256 and sha256_file(path) != entry.get("sha256"):
-            raise IndexCorrupt(path, f"{name} sha256 differs from manifest.json (altered file)")
+        check_file(folder, name, m["files"].get(name) or {}, check_sha256)
     try:
         bm = bm25s.BM25.load(str(folder), show_progress=False)
         docs = pq.read_table(folder / DOCS, schema=DOCS_SCHEMA)

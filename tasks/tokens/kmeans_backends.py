@@ -45,7 +45,8 @@ def resolve_backend(device: str) -> str:
     gpu = [name for name, ok in (
         ("faiss-gpu", hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0),
         ("torch-cuda", torch.cuda.is_available())) if ok]
-    alias = {"auto": (gpu + ["torch-cpu"])[0], "cpu": "torch-cpu"}
+    # auto on a CPU: FAISS per node (bench/cluster.py: same tree, same inertia, 2-3x faster)
+    alias = {"auto": (gpu + ["faiss-cpu"])[0], "cpu": "torch-cpu"}
     alias["cuda"] = alias["gpu"] = (gpu + ["torch-cuda"])[0]
     backend = alias.get(device, device)
     if backend not in BACKENDS:
@@ -81,8 +82,11 @@ def _sqnorms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (D^2 sampling) of ``k`` centroids from ``x`` (n > k)."""
+    """Greedy k-means++ seeding of ``k`` centroids from ``x`` (n > k): each step draws
+    ``2 + ln k`` candidates by D^2 sampling and keeps the one that lowers the potential most
+    (Arthur & Vassilvitskii's greedy variant, scikit-learn's default)."""
     n = x.shape[0]
+    trials = 2 + int(math.log(k))
     xn = _sqnorms(x).to(x.dtype)
     picks = [int(torch.randint(n, (1,), generator=gen))]
     d2 = (xn - 2.0 * (x @ x[picks[0]]) + xn[picks[0]]).clamp_min(0.0)
@@ -90,10 +94,13 @@ def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         cum = torch.cumsum(d2.double(), 0)
         if float(cum[-1]) <= 0.0:  # every point coincides with a pick: draw uniformly
             cum = torch.arange(1.0, n + 1, dtype=torch.float64, device=x.device)
-        u = torch.rand(1, generator=gen, dtype=torch.float64).to(x.device) * cum[-1]
-        pick = int(torch.searchsorted(cum, u).clamp(max=n - 1))
-        picks.append(pick)
-        d2 = torch.minimum(d2, (xn - 2.0 * (x @ x[pick]) + xn[pick]).clamp_min(0.0))
+        u = torch.rand(trials, generator=gen, dtype=torch.float64).to(x.device) * cum[-1]
+        cand = torch.searchsorted(cum, u).clamp(max=n - 1)
+        dc = (xn[None, :] - 2.0 * (x[cand] @ x.T) + xn[cand][:, None]).clamp_min(0.0)
+        dc = torch.minimum(d2[None, :], dc)
+        best = int(torch.argmin(dc.double().sum(1)))
+        picks.append(int(cand[best]))
+        d2 = dc[best]
     return x[torch.tensor(picks, device=x.device)].clone()
 
 
