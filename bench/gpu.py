@@ -231,6 +231,12 @@ def stage_e2e(a: argparse.Namespace) -> dict[str, Any]:
 
     if a.dry_run:
         n, preset, steps, ft, source = 0, "tiny", 2, 2, []
+        if a.e2e_from:  # a home that already ran: retrain it (--force), skip ingest and I3D
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(a.e2e_from, home, ignore=shutil.ignore_patterns("prefect"))
+            source = ["--force"]
     else:
         n, preset, steps, ft = 200, "small", 1000, 300
         t0 = time.perf_counter()
@@ -296,6 +302,7 @@ def run_all(a: argparse.Namespace) -> list[dict[str, Any]]:
         limit = max(10.0, min(left, SHARE[name] * a.budget_s * 1.5))
         cmd = [sys.executable, __file__, "--stage", name, "--out", str(out), "--work",
                str(work), *(["--dry-run"] if a.dry_run else []),
+               *(["--e2e-from", a.e2e_from] if a.e2e_from else []),
                *(["--peak-tflops", str(a.peak_tflops)] if a.peak_tflops else [])]
         print(f"[gpu] {name} (limit {limit:.0f} s)", flush=True)
         try:
@@ -373,6 +380,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 dense peak")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--e2e-from", default=None, help="dry run: copy this data home (one that "
+                    "`videobert run` made) and retrain it instead of starting from nothing")
     a = ap.parse_args()
     if a.stage:
         run_stage(a)

@@ -13,12 +13,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_bench_dry_run_writes_every_result(tmp_path: Path):
+def test_gpu_bench_dry_run_writes_every_result(tmp_path: Path, sample_run):
     out = tmp_path / "gpu-results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.setdefault("VIDEOBERT_WEIGHTS", str(tmp_path / "weights"))
+    env["VIDEOBERT_WEIGHTS"] = str(sample_run["home"] / "weights")  # installed by that run
+    # the end-to-end stage retrains a copy of the session's sample-corpus run (no new I3D)
     p = subprocess.run([sys.executable, "bench/gpu.py", "--dry-run", "--out", str(out),
-                        "--work", str(tmp_path / "work")], cwd=ROOT, env=env,
+                        "--work", str(tmp_path / "work"), "--e2e-from",
+                        str(sample_run["home"])], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     docs = {d["stage"]: d for d in json.loads((out / "results.json").read_text())}

@@ -34,6 +34,7 @@ _ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,200}$")
 
 def create_app(home: Path, token: str | None = None) -> FastAPI:
     """The FastAPI app over data home ``home`` (``token``: required as ?token= or a bearer)."""
+    from tasks.retrieval.reader import CatalogReader
     from tasks.retrieval.search import MODES, open_searcher, search
     from warehouse.store import Warehouse
 
@@ -43,15 +44,18 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
     searchers: dict[tuple[str | None, str], Any] = {}
     lock = threading.Lock()
 
+    reader = CatalogReader(wh)
+
     def searcher(encoder: str | None, mode: str) -> Any:
         with lock:
             key = (encoder, mode)
             if key not in searchers:
                 searchers[key] = open_searcher(home, encoder, mode=mode)
+                searchers[key].reader = reader
             return searchers[key]
 
     def rows(sql: str, params: list | None = None) -> list[dict[str, Any]]:
-        con = wh.connect_published()
+        con = reader.catalog()
         try:
             rel = con.execute(sql, params or [])
             cols = [d[0] for d in rel.description]

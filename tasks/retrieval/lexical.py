@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -80,12 +81,22 @@ def _stemmer() -> Any:
     return Stemmer.Stemmer("english")
 
 
-def tokenize(texts: Sequence[str]) -> list[list[str]]:
-    """Words as the index sees them: lower case, stop words out, stemmed."""
-    import bm25s
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s' (and scikit-learn's) default token pattern
 
-    return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), return_ids=False,
-                          show_progress=False)
+
+@functools.cache
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Words as the index sees them: lower case, bm25s' English stop words out, Snowball
+    stems (bm25s' own tokenizer, without its per-call progress-bar set-up: a search
+    tokenizes the query and each hit's text)."""
+    stem, stop = _stemmer().stemWords, _stopwords()
+    return [stem([w for w in _TOKEN.findall(t.lower()) if w not in stop]) for t in texts]
 
 
 def clip_documents(con: Any, clip_ids: Iterable[str] | None = None) -> pa.Table:

@@ -44,6 +44,7 @@ class Searcher:
     mode: str = "dense"
     lexical: Any = None
     notice: str | None = None
+    reader: Any = None  # a CatalogReader (tasks/retrieval/reader.py) in a long-lived process
 
     def torch_model(self) -> tuple[Any, Any]:
         """(VideoBert, tokenizer), loaded once; for re-ranking."""
@@ -199,7 +200,7 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
     if not query.strip():
         raise InputError("empty query")
     if s.mode != "dense":
-        return _details(Warehouse(home), _by_words(Warehouse(home), s, query, k))
+        return _details(Warehouse(home), _by_words(Warehouse(home), s, query, k), s.reader)
     if rerank and s.checkpoint is None:
         raise ValueError(f"--rerank needs a VideoBERT model; the {s.encoder} encoder has no "
                          "alignment head")
@@ -225,12 +226,13 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
             row["align_logit"] = round(extra.get(clip_id, float("nan")), 6)
             row["rerank_score"] = round(fused.get(clip_id, float("nan")), 6)
         rows.append(row)
-    return _details(wh, rows)
+    return _details(wh, rows, s.reader)
 
 
-def _details(wh: Warehouse, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _details(wh: Warehouse, rows: list[dict[str, Any]], reader: Any = None
+             ) -> list[dict[str, Any]]:
     """Ranked hits with their video, path, times and the text said there."""
-    con = wh.connect_published()
+    con = reader.hot() if reader is not None else wh.connect_published()
     details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
                                             [[r["clip_id"] for r in rows]]).fetchall()}
     con.close()
@@ -282,7 +284,7 @@ def _cosines(wh: Warehouse, s: Searcher, q: np.ndarray, clip_ids: list[str]) -> 
     """Cosine of the query with clips outside the dense pool (from their stored vectors)."""
     if not clip_ids:
         return {}
-    con = wh.connect_published()
+    con = s.reader.catalog() if s.reader is not None else wh.connect_published()
     rows = con.execute(queries.load("clip_embeddings_of"),
                        [s.encoder, s.model_run, clip_ids]).fetchall()
     con.close()
