@@ -177,8 +177,8 @@ def _tune_fusion(wh: Warehouse, con: Any, dense: list[tuple[str, str]], cur: Any
     from tasks.retrieval import hybrid, lexical
 
     es = ev.load_eval_set(wh, "val")
-    if not es.segment_ids:
-        return {}
+    if len(es.segment_ids) < ev.MIN_MEANINGFUL_QUERIES:  # a handful of captions is noise:
+        return {}  # search then fuses with the default weight
     out: dict[str, Any] = {}
     docs = None
     texts = dict(con.execute(queries.load("segment_texts"), [es.segment_ids]).fetchall())
@@ -193,9 +193,11 @@ def _tune_fusion(wh: Warehouse, con: Any, dense: list[tuple[str, str]], cur: Any
         except LookupError:
             continue
         docs = docs if docs is not None else lexical.clip_documents(con)
-        lex = hybrid.lexical_sims(docs, es.clip_ids, es.segment_ids,
-                                  [texts[s] for s in es.segment_ids])
-        out[key] = hybrid.tune_weight(sim, lex, es.text_to_clips) | {"split": "val"}
+        queries_ = [texts[s] for s in es.segment_ids]
+        lex = hybrid.lexical_sims(docs, es.clip_ids, es.segment_ids, queries_)
+        known = hybrid.lexical_sims(docs, es.clip_ids, es.segment_ids, queries_,
+                                    leave_one_out=False)
+        out[key] = hybrid.tune_weight(sim, lex, es.text_to_clips, known) | {"split": "val"}
     return out
 
 

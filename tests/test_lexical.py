@@ -171,3 +171,14 @@ def test_corrupt_and_stale_lexical_indices_are_refused(spoken, tmp_path: Path):
     vb(home, "index")
     _, hits = _search(home, "garlic farm", "--mode", "lexical", "-k", "1")
     assert hits[0]["path"] == "other1.mp4" and hits[0]["matched"] == ["garlic", "farm"]
+
+
+def test_tuning_weighs_known_item_search_too():
+    eye = np.eye(4, dtype=np.float32)
+    wrong, positives = np.roll(eye, 1, axis=1), [[0], [1], [2], [3]]
+    # captions that describe (words wrong) and words that are said (words right): the weight
+    # that serves both keeps dense in charge where they disagree, words where they agree
+    tuned = hybrid.tune_weight(eye, wrong, positives, known_item=eye)
+    assert tuned["weight"] < 0.5 and tuned["r1_known_item"]["0.0"] == 100.0
+    only_words = hybrid.tune_weight(wrong, wrong, positives, known_item=eye)
+    assert only_words["r1_known_item"]["1.0"] == 100.0 and only_words["weight"] > 0.5

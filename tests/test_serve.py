@@ -191,3 +191,18 @@ def test_serve_refuses_a_home_without_a_warehouse_and_warns_off_loopback(tmp_pat
 
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("192.168.1.5")
+
+
+def test_a_token_guards_everything_but_health(sample_run):
+    from fastapi.testclient import TestClient
+
+    from videobert.serve import create_app
+
+    client = TestClient(create_app(sample_run["home"], token="s3cret"))
+    assert client.get("/api/health").status_code == 200
+    denied = client.get("/api/runs")
+    assert denied.status_code == 401 and "token" in denied.json()["error"]
+    assert client.get("/api/runs", params={"token": "s3cret"}).status_code == 200
+    ok = client.get("/api/search", params={"q": "car"},
+                    headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()[0]["rank"] == 1

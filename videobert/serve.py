@@ -68,14 +68,16 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
             raise HTTPException(404, f"no such {what}")
         return value
 
-    @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Any:
-        if token and request.url.path not in ("/api/health",):
+        if request.url.path not in ("/api/health",):
             given = request.query_params.get("token") or request.headers.get(
                 "authorization", "").removeprefix("Bearer ")
             if given != token:
                 return JSONResponse({"error": "a token is required (?token=...)"}, 401)
         return await call_next(request)
+
+    if token:  # only then: an HTTP middleware costs every request
+        app.middleware("http")(require_token)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -104,10 +106,10 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
                    encoder: Annotated[str | None, Query(pattern="^(videobert|concepts)$")]
                    = None,
                    mode: Annotated[str, Query(pattern="^(" + "|".join(MODES) + ")$")] = "auto"
-                   ) -> list[dict[str, Any]]:
+                   ) -> JSONResponse:
         """The same results and fields as ``videobert search --format json``."""
         s = searcher(encoder, mode)
-        return search(home, s, q, k)
+        return JSONResponse(search(home, s, q, k))  # plain JSON: no response-model pass
 
     @app.get("/api/clips/{clip_id}")
     def api_clip(clip_id: str, k: Annotated[int, Query(ge=1, le=MAX_K)] = 8) -> dict[str, Any]:

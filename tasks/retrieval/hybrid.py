@@ -30,7 +30,7 @@ from tasks.retrieval.metrics import first_correct_ranks, metrics_from_ranks
 
 
 def lexical_sims(docs: pa.Table, clip_ids: Sequence[str], segment_ids: Sequence[str],
-                 texts: Sequence[str]) -> np.ndarray:
+                 texts: Sequence[str], leave_one_out: bool = True) -> np.ndarray:
     """(queries, clips) best BM25 score of each clip for each caption, leave-one-out.
 
     Args:
@@ -39,6 +39,8 @@ def lexical_sims(docs: pa.Table, clip_ids: Sequence[str], segment_ids: Sequence[
         clip_ids: the candidate clips.
         segment_ids: each query's own text segment (its documents are left out).
         texts: the queries.
+        leave_one_out: False keeps each query's own documents (known-item search: finding a
+            moment by the words said or written there; used for tuning, never for figures).
     """
     at = {c: i for i, c in enumerate(clip_ids)}
     keep = [i for i, c in enumerate(docs.column("clip_id").to_pylist()) if c in at]
@@ -51,7 +53,8 @@ def lexical_sims(docs: pa.Table, clip_ids: Sequence[str], segment_ids: Sequence[
     doc_seg = np.asarray(sub.column("segment_id").to_pylist(), dtype=object)
     for q, words in enumerate(tokenize(list(texts))):
         s = doc_scores(bm, words, sub.num_rows)
-        s[doc_seg == segment_ids[q]] = 0.0
+        if leave_one_out:
+            s[doc_seg == segment_ids[q]] = 0.0
         out[q] = clip_scores(s, doc_clip, len(clip_ids))
     return out
 
@@ -62,19 +65,30 @@ def hybrid_sims(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.nda
         if len(dense) else np.zeros_like(dense)
 
 
-def tune_weight(dense: np.ndarray, lexical: np.ndarray, positives: Sequence[Sequence[int]]
-                ) -> dict[str, Any]:
+def tune_weight(dense: np.ndarray, lexical: np.ndarray, positives: Sequence[Sequence[int]],
+                known_item: np.ndarray | None = None) -> dict[str, Any]:
     """The weight of :data:`WEIGHT_GRID` with the best text->clip R@1 on these queries (then
     R@5, R@10, the lower mean rank; then the one nearest the default), with every weight's
-    R@1."""
+    R@1.
+
+    ``known_item``: the same queries' lexical scores with their own text kept. Hybrid search
+    serves two uses: describing what is seen (the leave-one-out ``lexical``: words can only
+    help through a clip's other text) and finding the moment where given words are said or
+    written (``known_item``); with it, each weight is scored by the mean of both."""
+    sets = [lexical] + ([known_item] if known_item is not None else [])
     scored = []
     for w in WEIGHT_GRID:
-        m = metrics_from_ranks(first_correct_ranks(hybrid_sims(dense, lexical, w), positives),
-                               dense.shape[1])
-        scored.append((m.r1, m.r5, m.r10, -m.mnr, -abs(w - DEFAULT_WEIGHT), w))
-    best = max(scored)
-    return {"weight": best[-1], "r1": {str(s[-1]): round(s[0], 2) for s in scored},
-            "n_queries": len(positives)}
+        ms = [metrics_from_ranks(first_correct_ranks(hybrid_sims(dense, lx, w), positives),
+                                 dense.shape[1]) for lx in sets]
+        mean = [float(np.mean([getattr(m, f) for m in ms])) for f in ("r1", "r5", "r10", "mnr")]
+        scored.append((mean[0], mean[1], mean[2], -mean[3], -abs(w - DEFAULT_WEIGHT), w,
+                       [round(m.r1, 2) for m in ms]))
+    best = max(scored, key=lambda t: t[:6])
+    out = {"weight": best[5], "r1": {str(t[5]): t[6][0] for t in scored},
+           "n_queries": len(positives)}
+    if known_item is not None:
+        out["r1_known_item"] = {str(t[5]): t[6][1] for t in scored}
+    return out
 
 
 def rows(dense: np.ndarray, lexical: np.ndarray, positives: Sequence[Sequence[int]],
