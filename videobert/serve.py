@@ -101,13 +101,14 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
         return {"status": "ok", "home": str(home), "catalog": wh.catalog_path.is_file()}
 
     @app.get("/api/search")
-    def api_search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY)],
+    async def api_search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY)],
                    k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
                    encoder: Annotated[str | None, Query(pattern="^(videobert|concepts)$")]
                    = None,
                    mode: Annotated[str, Query(pattern="^(" + "|".join(MODES) + ")$")] = "auto"
                    ) -> JSONResponse:
         """The same results and fields as ``videobert search --format json``."""
+        # async: ~2 ms of CPU under the GIL, cheaper on the event loop than a thread hand-off
         s = searcher(encoder, mode)
         return JSONResponse(search(home, s, q, k))  # plain JSON: no response-model pass
 

@@ -1,35 +1,36 @@
 """A long-lived reader of the published catalog, for a process that answers many searches.
 
 A search joins its hits with ``clips``, ``video_files`` and ``text_segments``; through the
-catalog's views that means opening the catalog (~20 ms on 2 cores) and scanning Parquet parts
-(~15 ms) per query. :class:`CatalogReader` opens the catalog once and copies those three
-tables into an in-memory DuckDB, then hands out cursors (one per thread and query). When a
-publish replaces the catalog file (a flow committed), the next query reopens and recopies, so
-answers follow the published state as the CLI's do. ``videobert serve`` uses one; a one-shot
-``videobert search`` process does not (the copy would cost more than it saves).
+catalog's views that means opening the catalog (~20 ms on 2 cores) and planning and running
+a join over Parquet parts (~15 ms) per query. :class:`CatalogReader` opens the catalog once
+and keeps what a hit shows (its video, times, a path, the text said there) in memory, keyed by
+clip; it hands out catalog cursors (one per thread and query) for the rest. When a publish
+replaces the catalog file (a flow committed), the next query reopens and reloads, so answers
+follow the published state as the CLI's do. ``videobert serve`` uses one; a one-shot
+``videobert search`` process does not (loading everything would cost more than it saves).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
-
-import duckdb
 
 from warehouse.store import Warehouse
 
-HOT_TABLES = ("clips", "video_files", "text_segments")
-
 
 class CatalogReader:
-    """Cursors over the published catalog (``catalog()``) and over in-memory copies of the
-    tables search joins with (``hot()``), renewed when the catalog file changes."""
+    """Catalog cursors (``catalog()``) and hit details (``details()``) over the published
+    catalog, renewed when the catalog file changes."""
 
     def __init__(self, wh: Warehouse) -> None:
         self.wh = wh
         self._key: tuple[int, int] | None = None
-        self._cat: duckdb.DuckDBPyConnection | None = None
-        self._mem: duckdb.DuckDBPyConnection | None = None
+        self._cat: Any = None
+        self._clips: dict[str, tuple[str, float, float]] = {}
+        self._paths: dict[str, str] = {}
+        self._said: dict[str, list[tuple[float, float, str]]] = {}
         self._lock = threading.Lock()
 
     def _fresh(self) -> None:
@@ -38,14 +39,19 @@ class CatalogReader:
         if key == self._key:
             return
         cat = self.wh.connect_published()
-        mem = duckdb.connect()
-        for table in HOT_TABLES:
-            data = cat.sql(f'SELECT * FROM "{table}"').to_arrow_table()  # noqa: F841
-            mem.execute(f'CREATE TABLE "{table}" AS SELECT * FROM data')
-        for con in (self._cat, self._mem):
-            if con is not None:
-                con.close()
-        self._cat, self._mem, self._key = cat, mem, key
+        clips = {c: (v, s, e) for c, v, s, e in cat.sql(
+            "SELECT clip_id, video_id, start_s, end_s FROM clips").fetchall()}
+        paths = dict(cat.sql("SELECT video_id, min(path) FROM video_files GROUP BY video_id")
+                     .fetchall())
+        said: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+        for video, start, end, text in cat.sql(
+                "SELECT video_id, start_s, end_s, text FROM text_segments "
+                "ORDER BY video_id, start_s, segment_id").fetchall():
+            said[video].append((start, end, text))
+        if self._cat is not None:
+            self._cat.close()
+        self._cat, self._clips, self._paths, self._said = cat, clips, paths, dict(said)
+        self._key = key
 
     def catalog(self) -> Any:
         """A cursor on the published catalog (every table)."""
@@ -53,8 +59,17 @@ class CatalogReader:
             self._fresh()
             return self._cat.cursor()
 
-    def hot(self) -> Any:
-        """A cursor on the in-memory copies of :data:`HOT_TABLES`."""
+    def details(self, clip_ids: Iterable[str]) -> dict[str, tuple]:
+        """Per known clip: ``(clip_id, video_id, start_s, end_s, path, text)``, as the
+        ``search_clip_details`` query returns them (the text said over the clip, in time
+        order; None when nothing is)."""
         with self._lock:
             self._fresh()
-            return self._mem.cursor()
+            clips, paths, said = self._clips, self._paths, self._said
+        out = {}
+        for c in clip_ids:
+            if c in clips:
+                v, s, e = clips[c]
+                text = " ".join(t for a, b, t in said.get(v, ()) if a < e and b > s)
+                out[c] = (c, v, s, e, paths.get(v), text or None)
+        return out

@@ -232,10 +232,14 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
 def _details(wh: Warehouse, rows: list[dict[str, Any]], reader: Any = None
              ) -> list[dict[str, Any]]:
     """Ranked hits with their video, path, times and the text said there."""
-    con = reader.hot() if reader is not None else wh.connect_published()
-    details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
-                                            [[r["clip_id"] for r in rows]]).fetchall()}
-    con.close()
+    ids = [r["clip_id"] for r in rows]
+    if reader is not None:
+        details = reader.details(ids)
+    else:
+        con = wh.connect_published()
+        details = {r[0]: r for r in con.execute(queries.load("search_clip_details"),
+                                                [ids]).fetchall()}
+        con.close()
     out = []
     for rank, hit in enumerate(rows, 1):
         clip_id = hit["clip_id"]
