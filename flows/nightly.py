@@ -8,8 +8,10 @@ every source (the built-in sample corpus when none is given); when nothing new a
 the live model was trained, stop there ("skipped: no new data"). Otherwise tokenize the new
 clips with the current codebook (re-cluster when asked, or when new clips are a large share of
 all clips), continue pretraining from the live model's pretraining run (from scratch on a new
-codebook or on the first night), fine-tune, embed and index, evaluate the candidate and the live
-model on the gate split, and promote the candidate only when the gate metric does not regress
+codebook or on the first night), fine-tune, caption the new clips (with the newest caption
+model, when there is one; retrained behind a validation CIDEr-D gate with
+``caption_retrain``), embed and index, evaluate the candidate and the live model on the gate
+split, and promote the candidate only when the gate metric does not regress
 (``tasks/nightly/gate.py``). A ``promotions`` row records the decision either way; search and the
 index follow the live run. The evaluation table on the test split, the gate values and the
 decision become Prefect artifacts.
@@ -71,6 +73,13 @@ class NightlyParams(BaseModel):
     force: bool = Field(False, description="Train even when there is no new data")
     asr: Literal["auto", "always", "never"] = Field("auto", description="Speech to text at "
                                                     "ingest (needs the asr extra)")
+    captions: bool = Field(True, description="Caption the new clips with the newest caption "
+                           "model (when there is one for the current codebook) before indexing, "
+                           "so they are found by what they show")
+    caption_retrain: bool = Field(False, description="Also train a new caption model each "
+                                  "night, kept only when its validation CIDEr-D is not worse "
+                                  "(off by default: minutes of CPU per night)")
+    caption_steps: int = Field(1500, ge=1, description="Caption training steps (retrain)")
     seed: int = Field(0, description="Seed of pretraining and fine-tuning")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
 
@@ -192,6 +201,44 @@ def _evaluate(home: Path, wh: Warehouse, p: NightlyParams) -> dict[str, Any] | N
     return ev | {"split": split, "requested_split": p.eval_split}
 
 
+def _captions(home: Path, wh: Warehouse, p: NightlyParams, codebook_id: str,
+              fine_run: str) -> dict[str, Any] | None:
+    """Retrain the caption model behind a CIDEr-D gate (when asked), then caption new clips."""
+    import json
+
+    from flows.caption import (
+        CAPTION,
+        CaptionFillParams,
+        CaptionTrainParams,
+        caption_fill_flow,
+        caption_train_flow,
+    )
+
+    log = get_run_logger()
+    out: dict[str, Any] = {}
+    current = model_runs.latest_done(wh, CAPTION)
+    if p.caption_retrain:
+        new = caption_train_flow(CaptionTrainParams(home=str(home), from_run=fine_run,
+                                                    steps=p.caption_steps, baselines=False,
+                                                    seed=p.seed, device=p.device))
+        old = (json.loads(model_runs.one(wh, "model_run_metrics", [current[0]])[0] or "{}")
+               .get("val", {}).get("cider") if current else None)
+        kept = old is None or new["val"]["cider"] >= old
+        if not kept:
+            model_runs.set_status(wh, new["model_run"], "rejected", purpose="caption gate")
+        out["retrain"] = {"model_run": new["model_run"], "val_cider": new["val"]["cider"],
+                          "previous_cider": old, "kept": kept}
+        log.info("nightly captions: %s val CIDEr-D %.3f vs %s: %s", new["model_run"],
+                 new["val"]["cider"], old, "kept" if kept else "rejected")
+        current = model_runs.latest_done(wh, CAPTION)
+    if current is None or current[1] != codebook_id:
+        log.info("nightly captions: no caption model for codebook %s (`videobert caption "
+                 "train`): clips not captioned", codebook_id)
+        return out or None
+    return out | {"fill": caption_fill_flow(CaptionFillParams(home=str(home),
+                                                              device=p.device))}
+
+
 def _artifacts(result: dict[str, Any]) -> None:
     """Prefect artifacts: the evaluation table and the promotion decision."""
     ev, gate = result.get("evaluation"), result.get("gate")
@@ -242,6 +289,10 @@ def nightly_flow(params: NightlyParams) -> dict[str, Any]:
         seconds |= {"pretrain": pre.pop("seconds"), "finetune": fine.pop("seconds")}
         from flows.index import IndexParams, index_flow
 
+        if params.captions:
+            t0 = time.perf_counter()
+            result["captions"] = _captions(home, wh, params, codebook_id, fine["model_run"])
+            seconds["captions"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         index_flow(IndexParams(home=str(home), model_run=fine["model_run"],
                                clip_model=params.clip_model, device=params.device))

@@ -55,8 +55,8 @@ DEFAULT_TEMPLATE = "{label}"
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """transformers' "Loading weights" progress bar off while the block runs."""
+def quiet_loading() -> Iterator[None]:
+    """transformers' progress bars ("Loading weights", "Writing model shards") off in the block."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
@@ -105,7 +105,7 @@ class TextEncoder:
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_dir()
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        with _quiet_loading():  # a local package's 100 tensors: no progress bar on the terminal
+        with quiet_loading():  # a local package's 100 tensors: no progress bar on the terminal
             self.model = AutoModel.from_pretrained(self.model_dir).eval().to(self.device)
         self.batch_size = batch_size
         self.max_length = max_length

@@ -15,10 +15,13 @@ import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from videobert import (
     __version__,
+    cli_caption,
     cli_data,
     cli_pretrain,
     cli_retrieval,
@@ -42,6 +45,9 @@ COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
     ("", "search", cli_retrieval.search),
     ("", "probe", cli_retrieval.probe),
     ("", "serve", cli_serve.serve),
+    ("caption", "train", cli_caption.caption_train),
+    ("caption", "evaluate", cli_caption.caption_evaluate),
+    ("caption", "describe", cli_caption.caption_describe),
     ("", "run", cli_run.run_nightly),
     ("codebook", "show", cli_data.codebook_show),
     ("weights", "install", cli_data.weights_install),
@@ -51,10 +57,25 @@ COMMANDS: list[tuple[str, str, Callable[..., Any]]] = [
 ]
 
 GROUPS: dict[str, str] = {
+    "caption": "Describe clips in words: train the caption model, score it, caption videos "
+               "(`videobert caption VIDEO --format srt`, `videobert caption --all`).",
     "warehouse": "Inspect and maintain the warehouse.",
     "weights": "Install and list model weights.",
     "codebook": "Look at the visual-token codebook.",
 }
+
+
+class _DescribeByDefault(TyperGroup):
+    """A group whose first argument, when it names none of its commands, goes to
+    ``describe``: ``videobert caption VIDEO`` and ``videobert caption --all``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["describe", *args]
+        return super().parse_args(ctx, args)
+
+
+DEFAULT_COMMAND: dict[str, type[TyperGroup]] = {"caption": _DescribeByDefault}
 
 
 def _version(value: bool) -> None:
@@ -80,7 +101,9 @@ def build_app() -> typer.Typer:
         help="Turn your video collection into a searchable, continuously retrained VideoBERT "
              "model.")
     root.callback()(main_callback)
-    groups = {name: typer.Typer(no_args_is_help=True, help=text) for name, text in GROUPS.items()}
+    groups = {name: typer.Typer(no_args_is_help=True, help=text,
+                                cls=DEFAULT_COMMAND.get(name, TyperGroup))
+              for name, text in GROUPS.items()}
     for name, sub in groups.items():
         root.add_typer(sub, name=name)
     for group, name, fn in COMMANDS:

@@ -167,10 +167,11 @@ def search(
     fmt: Annotated[Fmt, typer.Option("--format", "-f", help="table, csv or json")] = Fmt.table,
     home: HomeOpt = None,
 ) -> None:
-    """Search the indexed videos: path, clip start-end, score and the text said there.
+    """Search the indexed videos: path, clip start-end, score, the text said there and the
+    clip's generated caption (after `videobert caption --all`).
 
     JSON output (--format json) is an array of objects with rank, clip_id, video_id, path,
-    start_s, end_s, score, text (and align_logit and rerank_score with --rerank; mode,
+    start_s, end_s, score, text, caption (and align_logit and rerank_score with --rerank; mode,
     hybrid_score, lexical_score, dense_rank, lexical_rank and the matched words in hybrid and
     lexical mode)."""
     from tasks.retrieval.index_load import IndexRefused
@@ -190,6 +191,8 @@ def search(
     if s.notice:
         err.print(Text(s.notice, style="yellow"), soft_wrap=True)
     cols = ["rank", "path", "start_s", "end_s", "score", "text"]
+    if any(r.get("caption") for r in hits):
+        cols.append("caption")
     if rerank:
         cols[5:5] = ["align_logit", "rerank_score"]
     if s.mode != "dense":

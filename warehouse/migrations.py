@@ -45,7 +45,13 @@ def _v3_models(writer: Stager) -> list[StagedPart]:
     return []
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_initial, 2: _v2_visual_tokens, 3: _v3_models}
+def _v4_captions(writer: Stager) -> list[StagedPart]:
+    """Schema v4: generated_captions and caption_eval (new tables: no data)."""
+    return []
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_initial, 2: _v2_visual_tokens, 3: _v3_models,
+                                    4: _v4_captions}
 
 
 def add_columns_part(writer: Stager, table: str) -> StagedPart:

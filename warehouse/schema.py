@@ -15,7 +15,7 @@ from importlib import resources
 import duckdb
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Current warehouse schema version (see :mod:`warehouse.migrations`)."""
 
 

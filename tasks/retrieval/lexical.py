@@ -2,7 +2,9 @@
 
 A *document* is one (clip, text segment) pair that overlap in time: the segment's words said
 inside the clip (speech recognised with word times keeps only those words; a subtitle cue or
-caption gives its whole text to every clip it overlaps). A clip's lexical score is the best
+caption gives its whole text to every clip it overlaps), and each clip's caption from the
+newest caption model (``generated_captions``), so a clip where nothing is said is found by what
+the model says it shows. A clip's lexical score is the best
 score of its documents. BM25 is ``bm25s`` (Lucene's variant, k1 1.5, b 0.75) over lower-cased
 words with English stop words removed and Snowball stemming (PyStemmer), so "explains" finds
 "explained".
@@ -61,7 +63,7 @@ BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.n
               "vocab.index.json", "params.index.json")
 DOCS = "docs.parquet"
 FILES = (*BM25_FILES, DOCS)
-INPUT_TABLES = ("clips", "text_segments")
+INPUT_TABLES = ("clips", "text_segments", "generated_captions")
 DOCS_SCHEMA = pa.schema([("row", pa.int64()), ("clip_id", pa.string()),
                          ("video_id", pa.string()), ("segment_id", pa.string()),
                          ("text", pa.string())])
@@ -103,7 +105,7 @@ def clip_documents(con: Any, clip_ids: Iterable[str] | None = None) -> pa.Table:
     """The documents (:data:`DOCS_SCHEMA`) of every clip with text (or of ``clip_ids``)."""
     keep = None if clip_ids is None else set(clip_ids)
     rows: dict[str, list] = {n: [] for n in DOCS_SCHEMA.names}
-    for clip, video, c0, c1, seg, text, source, meta in con.execute(
+    for clip, video, c0, c1, seg, text, source, meta, _t0 in con.execute(
             queries.load("lexical_sources")).fetchall():
         if keep is not None and clip not in keep:
             continue

@@ -231,7 +231,8 @@ def search(home: Path, s: Searcher, query: str, k: int = 10, *, rerank: bool = F
 
 def _details(wh: Warehouse, rows: list[dict[str, Any]], reader: Any = None
              ) -> list[dict[str, Any]]:
-    """Ranked hits with their video, path, times and the text said there."""
+    """Ranked hits with their video, path, times, the text said there and the generated
+    caption (``""`` when none)."""
     ids = [r["clip_id"] for r in rows]
     if reader is not None:
         details = reader.details(ids)
@@ -243,10 +244,11 @@ def _details(wh: Warehouse, rows: list[dict[str, Any]], reader: Any = None
     out = []
     for rank, hit in enumerate(rows, 1):
         clip_id = hit["clip_id"]
-        _c, video_id, start, end, path, text = details.get(clip_id, (clip_id, None, None, None,
-                                                                     None, None))
+        _c, video_id, start, end, path, text, caption = details.get(
+            clip_id, (clip_id, None, None, None, None, None, None))
         row = {"rank": rank, "clip_id": clip_id, "video_id": video_id, "path": path,
-               "start_s": start, "end_s": end, "score": hit["score"], "text": text or ""}
+               "start_s": start, "end_s": end, "score": hit["score"], "text": text or "",
+               "caption": caption or ""}
         out.append(row | {k: v for k, v in hit.items() if k not in row})
     return out
 

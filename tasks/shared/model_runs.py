@@ -118,6 +118,20 @@ def upsert(wh: Warehouse, row: Mapping[str, Any], *, purpose: str, wait_s: float
                  message=f"{purpose} {row['model_run']}: {row['status']}")
 
 
+def set_status(wh: Warehouse, model_run: str, status: str, *, purpose: str) -> None:
+    """Change one run's ``status`` (e.g. ``rejected`` by a gate), keeping the rest of its row."""
+    con = wh.connect()
+    try:
+        cur = con.execute("SELECT * FROM model_runs WHERE model_run = ?", [model_run])
+        names = [d[0] for d in cur.description]
+        row = cur.fetchone()
+    finally:
+        con.close()
+    if row is None:
+        raise KeyError(f"no model run {model_run!r}")
+    upsert(wh, dict(zip(names, row, strict=True)) | {"status": status}, purpose=purpose)
+
+
 def one(wh: Warehouse, name: str, args: list[Any], *, published: bool = False) -> tuple | None:
     """First row of a named query (None when empty); ``published`` reads the published catalog
     (:meth:`Warehouse.connect_published`) instead of the manifest."""

@@ -20,11 +20,11 @@ CREATE TABLE model_runs (
 );
 COMMENT ON TABLE model_runs IS 'Training runs: one row per pretraining or fine-tuning run (latest state).';
 COMMENT ON COLUMN model_runs.model_run IS 'run id (kind + time + random suffix); names the checkpoint folder';
-COMMENT ON COLUMN model_runs.kind IS 'pretrain or finetune';
+COMMENT ON COLUMN model_runs.kind IS 'pretrain, finetune, caption (a caption model on VideoBERT) or caption-baseline (the same decoder on raw clip features)';
 COMMENT ON COLUMN model_runs.preset IS 'model preset: tiny, mini, base or large';
 COMMENT ON COLUMN model_runs.parent_run IS 'run this one started from (resumed or continued pretraining, or the pretrained run a fine-tune starts from)';
 COMMENT ON COLUMN model_runs.codebook_id IS 'visual-token codebook the model was trained against (codebooks.codebook_id)';
-COMMENT ON COLUMN model_runs.status IS 'running, done or failed';
+COMMENT ON COLUMN model_runs.status IS 'running, done, failed, or rejected (a caption model the nightly CIDEr-D gate turned down)';
 COMMENT ON COLUMN model_runs.device IS 'device it trained on (cpu, cuda, cuda x N with torchrun)';
 COMMENT ON COLUMN model_runs.seed IS 'training seed (data order, masking, init)';
 COMMENT ON COLUMN model_runs.steps IS 'optimiser steps completed';
