@@ -79,8 +79,8 @@ def main() -> None:
             for i in range(len(clips)):
                 sub = clips.subset([i])
                 ids, types, mask, feats = model.encoder_inputs(sub.windows, sub.feats, "cpu")
-                memory = model.encode(ids, types, mask, feats)
-                out.append(words(tok, hf_generate(model.decoder, memory, mask, dec,
+                memory, mem_mask = model.encode(ids, types, mask, feats)
+                out.append(words(tok, hf_generate(model.decoder, memory, mem_mask, dec,
                                                   use_cache=True)[0]))
         return out
 

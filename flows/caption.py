@@ -124,7 +124,8 @@ def train_task(home: Path, model_run: str, parent: tuple, p: CaptionTrainParams,
     clips, feats = _clips(wh, codebook_id, p.context, p.features)
     dim = len(next(iter(feats.values()))) if feats else 0
     cfg = CaptionerConfig(mode=mode, context=p.context, parent_run=run,
-                          feature_encoder=p.features if dim else None)
+                          feature_encoder=p.features if dim else None,
+                          feature_memory=bool(dim) and mode == "videobert")
     device = pick_device(p.device)
     if mode == "videobert":
         encoder = VideoBert.from_pretrained(home / ckpt_path, device="cpu")
@@ -144,6 +145,8 @@ def train_task(home: Path, model_run: str, parent: tuple, p: CaptionTrainParams,
                               eval_every=p.eval_every, ckpt_every=p.eval_every,
                               patience=p.patience,
                               denoise_steps=p.denoise_steps if mode == "videobert" else 0,
+                              # a pretrained encoder moves slowly; a random one learns freely
+                              encoder_lr_scale=0.1 if mode == "videobert" else 1.0,
                               seed=p.seed, device=str(device))
     sink = WarehouseSink(home, model_run)
 

@@ -18,7 +18,9 @@ projection), its output and LayerNorm, and the feed-forward block. Cross-attenti
 Encoder input per clip: ``[CLS] [>] v_{k-c} .. v_k .. v_{k+c} [SEP]`` (``context`` c clips each
 side, padding where the video has none, so the clip described is always at position ``2 + c``)
 with each clip's I3D feature added to its visual token (``VideoBert.enable_feature_input``).
-The ``features`` mode is the paper's baseline without VideoBERT (S3D there, I3D here): a fresh,
+With ``feature_memory`` the decoder also attends to each clip's raw feature, projected (the
+paper's best captioning row, VideoBERT + S3D, feeds both). The ``features`` mode is the
+paper's baseline without VideoBERT (S3D there, I3D here): a fresh,
 randomly initialised encoder of the same size that sees the features only (every visual token
 replaced by ``[MASK]``), and a randomly initialised decoder.
 """
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.concepts import quiet_loading
@@ -45,6 +48,7 @@ from models.vocab import CLS, MASK, PAD, SEP, TEXT_VOCAB, VSEP, visual_id
 from warehouse.atomic import fsync_dir, tmp_path_for
 
 CAPTIONER_JSON = "captioner.json"
+HEADS = "heads.safetensors"
 BOS, EOS = CLS, SEP
 """A caption is ``[CLS] words [SEP]``: ``[CLS]`` is the decoder's start token, ``[SEP]`` its end."""
 
@@ -62,6 +66,9 @@ class CaptionerConfig:
         label_smoothing: training's label smoothing.
         parent_run: the model run the encoder came from (None for the baseline).
         feature_encoder: clip features the encoder reads (``clip_features.encoder``) or None.
+        feature_memory: the decoder also attends to each window clip's raw feature, projected
+            (``Linear`` + LayerNorm), beside VideoBERT's states: the paper's best captioning
+            row feeds VideoBERT's features *and* the S3D features to the decoder.
     """
 
     mode: str = "videobert"
@@ -70,6 +77,7 @@ class CaptionerConfig:
     label_smoothing: float = 0.1
     parent_run: str | None = None
     feature_encoder: str | None = None
+    feature_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("videobert", "features"):
@@ -141,6 +149,12 @@ class VideoCaptioner(nn.Module):
     def __init__(self, encoder: VideoBert, decoder: Any, config: CaptionerConfig) -> None:
         super().__init__()
         self.encoder, self.decoder, self.config = encoder, decoder, config
+        self.feature_proj: nn.Sequential | None = None
+        c = encoder.config
+        if config.feature_memory and c.feature_input:
+            self.feature_proj = nn.Sequential(nn.Linear(c.feature_dim, c.hidden),
+                                              nn.LayerNorm(c.hidden, eps=c.layer_norm_eps))
+            self.feature_proj.to(encoder.embeddings.word.weight.device)
 
     # -- building
     @classmethod
@@ -219,9 +233,17 @@ class VideoCaptioner(nn.Module):
         return ids.to(device), types.to(device), mask.to(device), f
 
     def encode(self, ids: Tensor, types: Tensor, mask: Tensor,
-               feats: Tensor | None = None) -> Tensor:
-        """(B, T, D) encoder states the decoder attends to."""
-        return self.encoder.encode(ids, types, mask, feats)
+               feats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """What the decoder attends to: (B, M, D) states and their (B, M) mask.
+
+        VideoBERT's states of every input position, then (``feature_memory``) one projected
+        raw feature per window clip."""
+        h = self.encoder.encode(ids, types, mask, feats)  # (B, T, D)
+        if self.feature_proj is None or feats is None:
+            return h, mask
+        w = ids.shape[1] - 3  # window positions 2 .. 2 + w
+        extra = self.feature_proj(feats[:, 2:2 + w].to(h.dtype))  # (B, w, D)
+        return torch.cat([h, extra], 1), torch.cat([mask, mask[:, 2:2 + w]], 1)
 
     # -- training
     def loss(self, enc: tuple[Tensor, Tensor, Tensor, Tensor | None], captions: Tensor,
@@ -237,11 +259,11 @@ class VideoCaptioner(nn.Module):
             The loss and detached counts: ``n_tokens``, ``correct_tokens``, ``nll`` (unsmoothed).
         """
         ids, types, mask, feats = enc
-        memory = self.encode(ids, types, mask, feats)
+        memory, mem_mask = self.encode(ids, types, mask, feats)
         inp, target = captions[:, :-1], captions[:, 1:].clone()
         target[target == PAD] = -100
         out = self.decoder(input_ids=inp, attention_mask=inp != PAD,
-                           encoder_hidden_states=memory, encoder_attention_mask=mask,
+                           encoder_hidden_states=memory, encoder_attention_mask=mem_mask,
                            use_cache=False)
         logits = out.logits.float().reshape(-1, out.logits.shape[-1])
         flat = target.reshape(-1)
@@ -265,6 +287,9 @@ class VideoCaptioner(nn.Module):
             self.encoder.save_pretrained(tmp / "encoder")
             with quiet_loading():
                 self.decoder.save_pretrained(tmp / "decoder")
+            if self.feature_proj is not None:
+                save_file({k: v.contiguous() for k, v in self.feature_proj.state_dict().items()},
+                          str(tmp / HEADS))
             (tmp / CAPTIONER_JSON).write_text(json.dumps(asdict(self.config), indent=2),
                                               encoding="utf-8")
             fsync_dir(tmp)
@@ -302,4 +327,9 @@ class VideoCaptioner(nn.Module):
         encoder = VideoBert.from_pretrained(src / "encoder", device=device)
         with quiet_loading():
             decoder = BartForCausalLM.from_pretrained(str(src / "decoder")).to(device)
-        return cls(encoder, decoder, config).eval()
+        model = cls(encoder, decoder, config)
+        if model.feature_proj is not None:
+            if not (src / HEADS).is_file():
+                raise FileNotFoundError(f"{src} has no {HEADS} (the raw-feature projection)")
+            model.feature_proj.load_state_dict(load_file(str(src / HEADS), device=str(device)))
+        return model.eval()

@@ -54,7 +54,8 @@ def _clipset(n: int, seed: int, dim: int = 8) -> ClipSet:
 def _captioner(seed: int = 0, dim: int = 8) -> VideoCaptioner:
     torch.manual_seed(seed)
     vb = build_model("tiny", len(OBJECTS), feature_dim=dim)
-    return VideoCaptioner.from_videobert(vb, CaptionerConfig(feature_encoder="test"),
+    return VideoCaptioner.from_videobert(vb, CaptionerConfig(feature_encoder="test",
+                                                             feature_memory=True),
                                          feature_dim=dim, seed=seed)
 
 

@@ -74,6 +74,16 @@ def _asr() -> list[dict[str, Any]]:
     return [_check(c["name"], c["status"], c["detail"]) for c in report()]
 
 
+def _java() -> list[dict[str, Any]]:
+    import shutil
+
+    java = shutil.which("java")
+    if java:
+        return [_check("java", "ok", f"{java}: caption scores with METEOR and the PTB tokenizer")]
+    return [_check("java", "info", "not found: caption scores leave METEOR out (apt-get install "
+                   "default-jre-headless)")]
+
+
 def _home(home: Path) -> list[dict[str, Any]]:
     from warehouse.store import Warehouse
 
@@ -103,5 +113,5 @@ def collect(home: Path) -> dict[str, Any]:
 
     configure_prefect_env(home)
     checks = [_check("python", "ok", f"{platform.python_version()} on {platform.platform()}")]
-    checks += _ffmpeg() + _gpu() + _weights(home) + _asr() + _home(home) + _prefect()
+    checks += _ffmpeg() + _gpu() + _weights(home) + _asr() + _java() + _home(home) + _prefect()
     return {"home": str(home), "checks": checks}

@@ -35,8 +35,8 @@ def describe(model: VideoCaptioner, tokenizer: Any, clips: ClipSet, dec: Decodin
         for s in range(0, len(clips), batch):
             sub = clips.subset(range(s, min(s + batch, len(clips))))
             ids, types, mask, feats = model.encoder_inputs(sub.windows, sub.feats, device)
-            memory = model.encode(ids, types, mask, feats)
-            toks, scores = generate(model.decoder, memory, mask, dec)
+            memory, mem_mask = model.encode(ids, types, mask, feats)
+            toks, scores = generate(model.decoder, memory, mem_mask, dec)
             for k, (t, sc) in enumerate(zip(toks, scores, strict=True)):
                 out[s + k] = (words(tokenizer, t), float(sc))
             tick(len(sub))

@@ -121,14 +121,20 @@ def _text_encoder_inputs(tokenizer: Any, texts: list[str], rng: np.random.Genera
 
 def _optimizer(model: VideoCaptioner, tc: TrainConfig, encoder_scale: float,
                device: torch.device) -> torch.optim.AdamW:
-    """The pretraining trainer's AdamW, with the encoder at ``encoder_scale`` of the rate."""
-    opt = make_optimizer(model.decoder, tc, device)
-    enc = [p for p in model.encoder.parameters() if p.requires_grad]
-    for decay in (True, False):
-        opt.add_param_group({"params": [p for p in enc if (p.ndim >= 2) == decay],
-                             "weight_decay": tc.weight_decay if decay else 0.0,
-                             "lr": tc.lr * encoder_scale})
-    return opt
+    """The pretraining trainer's AdamW (decay on matrices only; fused where torch has the
+    kernel) over the whole captioner, the encoder's groups at ``encoder_scale`` of the rate."""
+    opt = make_optimizer(model, tc, device)
+    enc = {id(p) for p in model.encoder.parameters()}
+    groups = []
+    for g in opt.param_groups:
+        for part, scale in ((False, 1.0), (True, encoder_scale)):
+            params = [p for p in g["params"] if (id(p) in enc) == part]
+            if params:
+                groups.append({**{k: v for k, v in g.items() if k != "params"},
+                               "params": params, "lr": tc.lr * scale,
+                               "initial_lr": tc.lr * scale})
+    return type(opt)(groups, lr=tc.lr, betas=tc.betas, eps=tc.eps,
+                     **({"fused": True} if opt.defaults.get("fused") else {"foreach": True}))
 
 
 def _order(n: int, seed: int, epoch: int) -> np.ndarray:
