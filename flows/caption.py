@@ -45,7 +45,12 @@ class CaptionTrainParams(BaseModel):
     lr: float = Field(2e-3, gt=0, description="Peak learning rate (the decoder's)")
     eval_every: int = Field(100, ge=1, description="Validate (greedy CIDEr-D) every N steps")
     patience: int = Field(4, ge=1, description="Early stopping: validations without gain")
-    denoise_steps: int = Field(0, ge=0, description="BART-style text-infilling warm-up steps")
+    denoise_steps: int = Field(300, ge=0, description="BART-style text-infilling warm-up "
+                               "steps, part of ``steps`` and at most a fifth of them "
+                               "(300: measured better on the synthetic corpus)")
+    encoder_lr_scale: float = Field(0.1, ge=0, description="The pretrained encoder's learning "
+                                    "rate as a share of the decoder's (the baseline's random "
+                                    "encoder always learns at the full rate)")
     context: int = Field(0, ge=0, description="Neighbouring clips each side in the input")
     features: str | None = Field("i3d", description="Clip features the encoder reads")
     baselines: bool = Field(True, description="Also train the features-only baseline and "
@@ -144,9 +149,11 @@ def train_task(home: Path, model_run: str, parent: tuple, p: CaptionTrainParams,
     tcfg = CaptionTrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr,
                               eval_every=p.eval_every, ckpt_every=p.eval_every,
                               patience=p.patience,
-                              denoise_steps=p.denoise_steps if mode == "videobert" else 0,
+                              denoise_steps=(min(p.denoise_steps, p.steps // 5)
+                                             if mode == "videobert" else 0),
                               # a pretrained encoder moves slowly; a random one learns freely
-                              encoder_lr_scale=0.1 if mode == "videobert" else 1.0,
+                              encoder_lr_scale=p.encoder_lr_scale if mode == "videobert"
+                              else 1.0,
                               seed=p.seed, device=str(device))
     sink = WarehouseSink(home, model_run)
 

@@ -68,20 +68,23 @@ def _banned(seqs: list[list[int]], n: int) -> list[list[int]]:
     return out
 
 
-def _ban(logp: Tensor, seqs: Tensor, n: int) -> Tensor:
+def _ban(logits: Tensor, seqs: Tensor, n: int) -> Tensor:
+    """``logits`` (log-probabilities) with the banned tokens at -inf, in place (after the
+    log-softmax, as ``transformers`` bans)."""
     if n <= 0 or seqs.shape[1] + 1 < n:
-        return logp
+        return logits
     rows, cols = [], []
     for r, toks in enumerate(_banned(seqs.tolist(), n)):
         rows += [r] * len(toks)
         cols += toks
     if rows:
-        logp[rows, cols] = float("-inf")
-    return logp
+        logits[rows, cols] = float("-inf")
+    return logits
 
 
 def _step(decoder: Any, tokens: Tensor, memory: Tensor, mask: Tensor,
           cache: Any) -> tuple[Tensor, Any]:
+    """One cached decoder step: (rows, V) log-probabilities (float) and the cache."""
     out = decoder(input_ids=tokens, encoder_hidden_states=memory, encoder_attention_mask=mask,
                   past_key_values=cache, use_cache=True)
     return F.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
@@ -116,8 +119,7 @@ def _greedy(decoder: Any, memory: Tensor, mask: Tensor,
     cache = None
     for _ in range(dec.max_len):
         logp, cache = _step(decoder, seqs[:, -1:], memory, mask, cache)
-        logp = _ban(logp, seqs, dec.no_repeat_ngram)
-        best, tok = logp.max(-1)
+        best, tok = _ban(logp, seqs, dec.no_repeat_ngram).max(-1)
         tok = torch.where(live, tok, torch.full_like(tok, PAD))
         total += torch.where(live, best, torch.zeros_like(best))
         length += live.float()
@@ -150,6 +152,9 @@ def _beam(decoder: Any, memory: Tensor, mask: Tensor,
           dec: Decoding) -> tuple[list[list[int]], list[float]]:
     B, W, dev = memory.shape[0], dec.beams, memory.device
     total_len = 1 + dec.max_len
+    out_seq = torch.full((B, total_len), PAD, dtype=torch.long, device=dev)
+    out_score = torch.zeros(B, device=dev)
+    ids = torch.arange(B, device=dev)  # the clips still decoding
     memory, mask = memory.repeat_interleave(W, 0), mask.repeat_interleave(W, 0)
     run_seq = torch.full((B, W, total_len), PAD, dtype=torch.long, device=dev)
     run_seq[:, :, 0] = CLS
@@ -160,16 +165,18 @@ def _beam(decoder: Any, memory: Tensor, mask: Tensor,
     fin_done = torch.zeros(B, W, dtype=torch.bool, device=dev)
     can_improve = torch.ones(B, 1, dtype=torch.bool, device=dev)
     top_w = torch.arange(2 * W, device=dev) < W
-    offsets = torch.arange(B, device=dev)[:, None] * W
     cache, cur = None, 1
     while True:
         flat = run_seq.view(B * W, total_len)[:, :cur]
         logp, cache = _step(decoder, flat[:, -1:], memory, mask, cache)
         logp = _ban(logp, flat, dec.no_repeat_ngram)
-        V = logp.shape[-1]
-        acc = (logp.view(B, W, V) + run_score[..., None]).view(B, W * V)
+        # the best 2W continuations over all beams are among each beam's own best 2W: take
+        # those first (no (B, W x V) sum, no top-k over it), then the best 2W of the W x 2W
+        cand, cand_tok = logp.topk(2 * W, dim=1)  # (B*W, 2W)
+        acc = (cand + run_score.view(B * W, 1)).view(B, W * 2 * W)
         top_score, top_idx = acc.topk(2 * W, dim=1)  # (B, 2W)
-        src, tok = top_idx // V, top_idx % V
+        src = top_idx // (2 * W)
+        tok = cand_tok.view(B, W * 2 * W).gather(1, top_idx)
         top_seq = _gather(run_seq, src).clone()
         top_seq[:, :, cur] = tok
         hits = (tok == SEP) | (cur + 1 >= total_len)  # (B, 2W)
@@ -177,7 +184,7 @@ def _beam(decoder: Any, memory: Tensor, mask: Tensor,
         running = top_score + hits.float() * _NEG
         keep = running.topk(W, dim=1).indices
         run_seq, run_score = _gather(top_seq, keep), _gather(running, keep)
-        run_src = _gather(src, keep)
+        rows = _gather(src, keep) + torch.arange(B, device=dev)[:, None] * W  # cache rows
         # finished ones (among the first W) compete with earlier finished hypotheses
         scored = top_score / (cur ** dec.length_penalty)
         scored = scored + (~can_improve).float() * _NEG + (~(hits & top_w)).float() * _NEG
@@ -187,15 +194,29 @@ def _beam(decoder: Any, memory: Tensor, mask: Tensor,
         best = m_score.topk(W, dim=1).indices
         fin_seq, fin_score, fin_done = _gather(m_seq, best), _gather(m_score, best), \
             _gather(m_done, best)
-        cache.reorder_cache((run_src + offsets).view(-1))
         cur += 1
         best_running = run_score[:, :1] / ((cur - 1) ** dec.length_penalty)
         worst = torch.where(fin_done, fin_score.min(1, keepdim=True).values,
                             torch.full_like(fin_score, _NEG))
         can_improve = can_improve & (best_running > worst).any(-1, keepdim=True)
-        if not can_improve.any() or bool(hits.all()):
+        # a clip is settled when no running beam can beat its finished ones (or all hit the
+        # end): its result is final (transformers keeps computing it; nothing can change it),
+        # so it leaves the batch and the decoder stops spending work on its rows
+        done = ~can_improve[:, 0] | hits.all(1)
+        out_seq[ids[done]], out_score[ids[done]] = fin_seq[done, 0], fin_score[done, 0]
+        if bool(done.all()):
             break
-    return _strip(fin_seq[:, 0]), fin_score[:, 0].tolist()
+        if bool(done.any()):
+            live = ~done
+            ids, run_seq, run_score = ids[live], run_seq[live], run_score[live]
+            fin_seq, fin_score, fin_done = fin_seq[live], fin_score[live], fin_done[live]
+            can_improve, rows = can_improve[live], rows[live]
+            beam_rows = (torch.nonzero(live)[:, 0, None] * W
+                         + torch.arange(W, device=dev)).view(-1)
+            memory, mask = memory[beam_rows], mask[beam_rows]
+            B = int(live.sum())
+        cache.reorder_cache(rows.view(-1))
+    return _strip(out_seq), out_score.tolist()
 
 
 @torch.no_grad()

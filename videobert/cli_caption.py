@@ -58,7 +58,10 @@ def caption_train(
     patience: Annotated[int, typer.Option(help="Validations without gain before stopping",
                                           min=1)] = 4,
     denoise_steps: Annotated[int, typer.Option(
-        help="BART-style text-infilling warm-up steps before captioning", min=0)] = 0,
+        help="BART-style text-infilling warm-up steps before captioning (part of --steps, at "
+             "most a fifth of them)", min=0)] = 300,
+    encoder_lr_scale: Annotated[float, typer.Option(
+        help="The pretrained encoder's learning rate as a share of the decoder's", min=0)] = 0.1,
     context: Annotated[int, typer.Option(help="Neighbouring clips each side", min=0)] = 0,
     baselines: Annotated[bool, typer.Option(
         help="Also train the features-only baseline and score everything on the test split")]
@@ -80,7 +83,8 @@ def caption_train(
             summary = caption_train_flow(CaptionTrainParams(
                 home=str(h), from_run=from_run, steps=steps, batch_size=batch_size, lr=lr,
                 eval_every=eval_every, patience=patience, denoise_steps=denoise_steps,
-                context=context, baselines=baselines, beams=beams, seed=seed, device=device))
+                context=context, baselines=baselines, encoder_lr_scale=encoder_lr_scale,
+                beams=beams, seed=seed, device=device))
     except ValueError as e:
         fail_from(e)
     if fmt is Fmt.json:
