@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("videobert", "flows", "tasks", "models", "warehouse")
-STAGES = ("ingest", "tokens", "pretrain", "retrieval", "nightly", "shared")
+STAGES = ("ingest", "tokens", "pretrain", "retrieval", "nightly", "caption", "shared")
 
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -22,12 +22,15 @@ LEAD_S = 1.5
 
 # ------------------------------------------------------------------------- units, in memory
 def _con(segments: list[tuple], clips: list[tuple]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the two tables the lexical index reads."""
+    """An in-memory DuckDB with the tables the lexical index reads (no generated caption)."""
     con = duckdb.connect()
     con.execute("CREATE TABLE clips (clip_id VARCHAR, video_id VARCHAR, start_s DOUBLE, "
                 "end_s DOUBLE)")
     con.execute("CREATE TABLE text_segments (segment_id VARCHAR, video_id VARCHAR, "
                 "start_s DOUBLE, end_s DOUBLE, text VARCHAR, source VARCHAR, meta_json VARCHAR)")
+    con.execute("CREATE TABLE generated_captions (clip_id VARCHAR, video_id VARCHAR, "
+                "model_run VARCHAR, start_s DOUBLE, end_s DOUBLE, text VARCHAR, "
+                "created_at TIMESTAMP)")
     con.executemany("INSERT INTO clips VALUES (?, ?, ?, ?)", clips)
     con.executemany("INSERT INTO text_segments VALUES (?, ?, ?, ?, ?, ?, ?)", segments)
     return con

@@ -85,17 +85,19 @@ class _Checkpointable:
 
 def infill(ids: list[int], rng: np.random.Generator, share: float = 0.3,
            mean_span: float = 3.0) -> list[int]:
-    """BART's text infilling: spans (lengths ~ Poisson(mean_span)) covering about ``share``
-    of the words, each replaced by one ``[MASK]``."""
+    """BART's text infilling: spans (lengths ~ Poisson(mean_span)) covering ``share`` of the
+    words (rounded), each span replaced by one ``[MASK]``."""
     n = len(ids)
     budget = int(round(share * n))
-    out, i = [], 0
     masked = np.zeros(n, bool)
-    while budget > 0 and n:
-        span = min(max(1, int(rng.poisson(mean_span))), budget)
-        start = int(rng.integers(0, max(1, n - span + 1)))
+    for _ in range(100 * max(1, budget)):  # spans may overlap: draw until the budget is met
+        left = budget - int(masked.sum())
+        if left <= 0:
+            break
+        span = min(max(1, int(rng.poisson(mean_span))), left)
+        start = int(rng.integers(0, n - span + 1))
         masked[start:start + span] = True
-        budget -= span
+    out, i = [], 0
     while i < n:
         if masked[i]:
             out.append(MASK)
