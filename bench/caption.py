@@ -45,7 +45,6 @@ def main() -> None:
     import torch
 
     from models.caption_decoding import Decoding, hf_generate
-    from models.captioner import VideoCaptioner
     from models.videobert import text_tokenizer
     from tasks.caption.describe import describe, words
 
@@ -53,13 +52,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tok = text_tokenizer()
     if args.home is not None:
-        from flows.caption import _clips, caption_run
+        from flows.caption import caption_run, load_captioner
         from warehouse.store import Warehouse
 
-        wh = Warehouse(args.home)
-        run = caption_run(wh, None)
-        model = VideoCaptioner.from_pretrained(args.home / run[2])
-        clips, _ = _clips(wh, run[1], model.config.context, model.config.feature_encoder)
+        run = caption_run(Warehouse(args.home), None)
+        model, clips = load_captioner(args.home, run)
         source = f"{args.home} ({run[0]})"
     else:
         from tests.test_caption import _captioner, _clipset

@@ -105,6 +105,16 @@ def caption_run(wh: Warehouse, model_run: str | None, kind: str = CAPTION) -> tu
     return run
 
 
+def load_captioner(home: Path, run: tuple, device: Any = "cpu") -> tuple[Any, Any]:
+    """A caption run's model (on ``device``) and every clip as it reads them."""
+    from models.captioner import VideoCaptioner
+
+    model = VideoCaptioner.from_pretrained(Path(home) / run[2], device=str(device))
+    clips, _ = _clips(Warehouse(home), run[1], model.config.context,
+                      model.config.feature_encoder)
+    return model, clips
+
+
 def _clips(wh: Warehouse, codebook_id: str, context: int, features: str | None) -> Any:
     from tasks.caption.data import load_clips
     from tasks.shared.clip_features import clip_features
@@ -237,15 +247,12 @@ def describe_task(home: Path, run: tuple, clip_ids: list[str], beams: int,
                   device: str) -> list[str]:
     """Captions of some clips by a caption run (in ``clip_ids`` order)."""
     from models.caption_decoding import Decoding
-    from models.captioner import VideoCaptioner
     from models.device import pick_device
     from models.videobert import text_tokenizer
     from tasks.caption.describe import describe
 
     dev = pick_device(device)
-    model = VideoCaptioner.from_pretrained(home / run[2], device=str(dev))
-    clips, _ = _clips(Warehouse(home), run[1], model.config.context,
-                      model.config.feature_encoder)
+    model, clips = load_captioner(home, run, dev)
     sub = clips.where(clip_ids=clip_ids)
     order = {c: i for i, c in enumerate(sub.clip_ids)}
     sub = sub.subset(order[c] for c in clip_ids)
@@ -308,7 +315,6 @@ def caption_eval_flow(params: CaptionEvalParams) -> dict[str, Any]:
 def caption_fill_flow(params: CaptionFillParams) -> dict[str, Any]:
     """A caption for every clip without one from the caption model (incremental)."""
     from models.caption_decoding import Decoding
-    from models.captioner import VideoCaptioner
     from models.device import pick_device
     from models.videobert import text_tokenizer
     from tasks.caption.fill import fill
@@ -318,8 +324,7 @@ def caption_fill_flow(params: CaptionFillParams) -> dict[str, Any]:
     wh = Warehouse(home)
     run = caption_run(wh, params.model_run)
     dev = pick_device(params.device)
-    model = VideoCaptioner.from_pretrained(home / run[2], device=str(dev))
-    clips, _ = _clips(wh, run[1], model.config.context, model.config.feature_encoder)
+    model, clips = load_captioner(home, run, dev)
     out = fill(wh, model, text_tokenizer(), clips, run[0],
                Decoding(beams=params.beams, max_len=model.config.max_caption), device=dev,
                chunk=params.chunk)

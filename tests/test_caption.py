@@ -263,9 +263,8 @@ def test_caption_run_is_registered(captioned_home):
 _FILL = """
 import sys
 from pathlib import Path
-from flows.caption import _clips, caption_run
+from flows.caption import caption_run, load_captioner
 from models.caption_decoding import Decoding
-from models.captioner import VideoCaptioner
 from models.videobert import text_tokenizer
 from tasks.caption.fill import fill
 from tasks.pretrain.checkpoint import hold_forever
@@ -274,8 +273,7 @@ from warehouse.store import Warehouse
 home = Path(sys.argv[1])
 wh = Warehouse(home)
 run = caption_run(wh, None)
-model = VideoCaptioner.from_pretrained(home / run[2])
-clips, _ = _clips(wh, run[1], 0, model.config.feature_encoder)
+model, clips = load_captioner(home, run)
 hold = hold_forever(home / "held")
 fill(wh, model, text_tokenizer(), clips, run[0], Decoding(beams=4), chunk=4, batch=4,
      progress=False, after_chunk=lambda n: hold(home) if n == 2 else None)

@@ -186,9 +186,8 @@ def caption_describe(
 
 def _video_rows(h: Path, video: str, model_run: str | None, beams: int,
                 device: str) -> tuple[list[dict[str, Any]], str, str]:
-    from flows.caption import _clips, caption_run
+    from flows.caption import caption_run, load_captioner
     from models.caption_decoding import Decoding
-    from models.captioner import VideoCaptioner
     from models.device import pick_device
     from models.videobert import text_tokenizer
     from tasks.caption.video import resolve_video, video_captions
@@ -198,8 +197,7 @@ def _video_rows(h: Path, video: str, model_run: str | None, beams: int,
     vid, path = resolve_video(wh, video)
     run = caption_run(wh, model_run)
     dev = pick_device(device)
-    model = VideoCaptioner.from_pretrained(h / run[2], device=str(dev))
-    clips, _ = _clips(wh, run[1], model.config.context, model.config.feature_encoder)
+    model, clips = load_captioner(h, run, dev)
     rows = video_captions(wh, clips, vid, model, text_tokenizer(), run[0],
                           Decoding(beams=beams, max_len=model.config.max_caption), device=dev)
     return rows, vid, path
