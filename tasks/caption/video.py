@@ -8,7 +8,6 @@ one are captioned on the spot (not written: ``videobert caption --all`` writes).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,8 @@ from tasks.caption.data import ClipSet
 from tasks.caption.describe import cues, describe
 from tasks.shared.errors import InputError
 from warehouse import queries
+from warehouse.atomic import sha256_file
 from warehouse.store import Warehouse
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_video(wh: Warehouse, target: str) -> tuple[str, str]:
@@ -41,7 +33,7 @@ def resolve_video(wh: Warehouse, target: str) -> tuple[str, str]:
     try:
         rows = con.execute(queries.load("video_lookup"), [target, absolute]).fetchall()
         if not rows and p.is_file():  # the same bytes under another name
-            rows = con.execute(queries.load("video_lookup"), [_sha256(p), absolute]).fetchall()
+            rows = con.execute(queries.load("video_lookup"), [sha256_file(p), absolute]).fetchall()
     finally:
         con.close()
     if not rows:
