@@ -90,11 +90,15 @@ def caption_ids(tokenizer: object, texts: Sequence[str], max_caption: int) -> to
     """(B, L) ``[CLS] words [SEP]`` ids, padded with ``[PAD]`` to the longest."""
     enc = tokenizer(list(texts), add_special_tokens=False, truncation=True,  # type: ignore
                     max_length=max_caption - 1)["input_ids"]
-    rows = [[CLS, *e, SEP] for e in enc]
+    return pad_rows([[CLS, *e, SEP] for e in enc])
+
+
+def pad_rows(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, L) long ids, rows padded with ``[PAD]`` to the longest."""
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), PAD, dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r)
+        out[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
     return out
 
 

@@ -35,7 +35,7 @@ from models.caption_decoding import Decoding
 from models.captioner import VideoCaptioner
 from models.device import pick_device
 from models.vocab import CLS, MASK, PAD, SEP
-from tasks.caption.data import ClipSet, caption_ids, training_pairs
+from tasks.caption.data import ClipSet, caption_ids, pad_rows, training_pairs
 from tasks.caption.describe import describe
 from tasks.caption.scores import caption_scores
 from tasks.pretrain import checkpoint as ckpt
@@ -113,11 +113,7 @@ def _text_encoder_inputs(tokenizer: Any, texts: list[str], rng: np.random.Genera
                          max_caption: int, device: torch.device) -> tuple[Any, ...]:
     enc = tokenizer(texts, add_special_tokens=False, truncation=True,
                     max_length=max_caption - 1)["input_ids"]
-    rows = [[CLS, *infill(e, rng), SEP] for e in enc]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
+    ids = pad_rows([[CLS, *infill(e, rng), SEP] for e in enc])
     return ids.to(device), torch.zeros_like(ids).to(device), (ids != PAD).to(device), None
 
 
