@@ -86,7 +86,10 @@ def run_hkmeans(x: np.ndarray, levels: int, branching: int, seed: int, device: s
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     inertia = leaf_inertia(x, tree.centroids[-1].astype(np.float64), tree.train_tokens)
     return {"wall_s": wall, "cpu_s": cpu, "inertia": inertia, "empty": tree.stats[-1].empty,
-            "params": f"{levels}x{branching}, niter 20, {tree.fit_info['backend']}, all points"}
+            "params": f"{levels}x{branching}, niter 20, {tree.fit_info['backend']}, "
+                      + ("every point" if tree.fit_info["backend"].startswith("faiss") else
+                         f"sample {tree.fit_info['sample_per_centroid']}/centroid + "
+                         f"{tree.fit_info['refine']} on every point")}
 
 
 def run_minibatch(x: np.ndarray, k: int, seed: int, batch: int, large: int,
@@ -194,8 +197,11 @@ def load_features(path: Path) -> np.ndarray:
                       np.float32)
 
 
-def compare(x: np.ndarray, shapes: str, seed: int, backends: str, anchors: str) -> list[dict]:
-    """Ours (each backend) and the anchors on the same features, per shape; printed."""
+def compare(x: np.ndarray, shapes: str, seed: int, backends: str, anchors: str,
+            ours_seeds: int = 1) -> list[dict]:
+    """Ours (each backend) and the anchors on the same features, per shape; printed. With
+    ``ours_seeds`` > 1, ours also runs with seeds ``seed + 1 ...``: the spread of its inertia
+    over seeds against the (single-seed) anchors."""
     rows = []
     for shape in shapes.split(","):
         levels, branching = (int(v) for v in shape.lower().split("x"))
@@ -219,6 +225,15 @@ def compare(x: np.ndarray, shapes: str, seed: int, backends: str, anchors: str) 
                 print(f"  {name}: inertia {ratio:.4f}x the best anchor, {speed:.1f}x faster "
                       f"than scikit-learn per node -> target (<= 1.01x, >= 3x) "
                       f"{'MET' if ok else 'NOT MET'}")
+                if ours_seeds > 1:
+                    more = [run_hkmeans(x, levels, branching, seed + i, name.split()[1])
+                            for i in range(1, ours_seeds)]
+                    ratios = [ratio] + [m["inertia"] / best for m in more]
+                    walls = [r["wall_s"]] + [m["wall_s"] for m in more]
+                    r["seeds"] = {"n": ours_seeds, "inertia_vs_best": ratios, "wall_s": walls}
+                    print(f"    over {ours_seeds} seeds: inertia vs best anchor mean "
+                          f"{np.mean(ratios):.4f}, max {max(ratios):.4f}; wall mean "
+                          f"{np.mean(walls):.1f} s")
     return rows
 
 
@@ -255,6 +270,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--anchors", default="", help="compare with the same hierarchy built per "
                     "node by 'scikit-learn,faiss' instead of MiniBatchKMeans (issue 17)")
+    ap.add_argument("--ours-seeds", type=int, default=1, help="with --anchors: also run ours "
+                    "with this many seeds in all and report its inertia's spread")
     ap.add_argument("--features", type=Path, default=None, help="real features (a Parquet "
                     "file with a vector column, or a data home) instead of synthetic ones")
     args = ap.parse_args()
@@ -264,7 +281,8 @@ def main() -> None:
              else make_features(args.n, args.d, args.components, args.seed))
         print(f"features: {x.shape[0]} x {x.shape[1]} "
               f"({args.features or f'synthetic, seed {args.seed}'})")
-        rows = compare(x, args.shapes, args.seed, args.hk_backends, args.anchors)
+        rows = compare(x, args.shapes, args.seed, args.hk_backends, args.anchors,
+                       args.ours_seeds)
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
         return

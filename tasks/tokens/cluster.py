@@ -7,7 +7,10 @@ shape ``(branching ** (l + 1), d)``; the children of row ``i`` of level ``l`` ar
 ``i * branching ... i * branching + branching - 1`` of level ``l + 1``. A token is the leaf row
 index; its base-``branching`` digits are the path from the root.
 
-- **All points are used** (FAISS otherwise samples 256 x k points per k-means).
+- **Every point counts**: a node with more than ``sample_per_centroid x branching`` points is
+  first fitted on that many of its points drawn at random (FAISS's rule, 256 by default), then
+  ``refine`` Lloyd iterations (5) run on every one of its points; smaller nodes are fitted on
+  all their points. Every point then descends to its nearest child.
 - **Auto-reduction** (:func:`plan_shape`): ``n`` points support ``levels`` x ``branching`` only
   if ``n >= min_points_per_centroid * branching ** levels`` (every level's k-means then sees, on
   average, that many points per centroid). Otherwise the depth is kept and the branching
@@ -18,13 +21,15 @@ index; its base-``branching`` digits are the path from the root.
   ``n`` children; the other children, and all children of an empty node, copy the node's own
   centroid. A child identical to an earlier sibling is never chosen (tokens stay
   deterministic); empty clusters are counted in :class:`LevelStats`.
-- **Assignment** descends the tree, taking the nearest of the current node's children (float64)
-  through the code the fit partitions with, so fitted tokens equal :func:`assign`'s.
+- **Assignment** descends the tree, taking the nearest of the current node's children (float32,
+  near-ties decided in float64) through the code the fit partitions with, so fitted tokens
+  equal :func:`assign`'s.
 
-Backends (``device``), in ``auto``'s order: ``faiss-gpu`` (faiss-gpu and a GPU), ``torch-cuda``,
-``torch-cpu``; ``faiss-cpu`` on request. On CPU the torch k-means is the default because it
-measured ~1.9x faster than FAISS's for k = 12 on 150k x 1024 (MKL's GEMM; bench/cluster.py),
-with the same inertia. Trees are bit-identical for the same input, seed, backend and threads.
+Backends (``device``), in ``auto``'s order: ``torch-cuda``, ``torch-cpu``; ``faiss-gpu`` and
+``faiss-cpu`` (``faiss.Clustering`` per node, every point) on request. The torch backends fit a
+whole level at once (nodes of similar size batched), which on 100k x 1024 features measured
+3-6x faster than scikit-learn's ``KMeans`` per node at the same inertia (``bench/cluster.py
+--anchors``; BENCHMARKS.md). Trees are bit-identical for the same input, seed, backend and threads.
 Backend selection and the per-node k-means live in :mod:`tasks.tokens.kmeans_backends`; this module
 holds the tree (fit, descent, assignment, persistence, reports) and re-exports
 :data:`BACKENDS` and :func:`resolve_backend`.
@@ -46,12 +51,13 @@ import safetensors.numpy
 import torch
 from safetensors import SafetensorError, safe_open
 
-from tasks.tokens.kmeans_backends import _CHUNK, _split_node, _sqnorms, _threads, _torch_device
+from tasks.tokens.kmeans_backends import _CHUNK, _sqnorms, _threads, _torch_device, split_level
 from tasks.tokens.kmeans_backends import BACKENDS as BACKENDS
 from tasks.tokens.kmeans_backends import resolve_backend as resolve_backend
 from warehouse.atomic import write_bytes_atomic
 
 FORMAT = "videobert.hkmeans/1"
+_TIE = 1e-4  # relative gap under which two children are compared again in float64
 
 
 @dataclass
@@ -144,11 +150,6 @@ def _as_matrix(x: np.ndarray, d: int | None = None) -> np.ndarray:
     return x
 
 
-def _node_seed(seed: int, level: int, node: int) -> int:
-    """An independent, reproducible 31-bit seed for one node's k-means."""
-    return int(np.random.SeedSequence([seed, level, node]).generate_state(1)[0] >> 1)
-
-
 def _groups(node: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(node id, indices of its points in ascending order)`` for each non-empty node."""
     order = torch.argsort(node, stable=True)
@@ -168,24 +169,36 @@ def _dup_mask(level_c: torch.Tensor, b: int) -> torch.Tensor:
 
 def _descend(x: torch.Tensor, xn: torch.Tensor, node: torch.Tensor, level_c: torch.Tensor,
              b: int, dup: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest of its node's ``b`` children for every point (float64): ``(child, sq. dist)``.
+    """Nearest of its node's ``b`` children for every point: ``(child, squared distance)``.
 
-    The fit and :func:`assign` both partition points through this one function.
+    Distances are compared in float32; a point whose two nearest children lie within float32's
+    error of each other (``_TIE`` of the squared norms) is decided again in float64, so the
+    choice never depends on the batch or the order of points. The fit and :func:`assign` both
+    partition points through this one function.
     """
     dup = _dup_mask(level_c, b) if dup is None else dup
     child = torch.empty_like(node)
     dmin = torch.empty(len(node), dtype=torch.float64, device=x.device)
     for k, idx in _groups(node):
-        cb = level_c[k * b : (k + 1) * b].double()
-        cn, mask = (cb * cb).sum(1), dup[k * b : (k + 1) * b]
+        cb, mask = level_c[k * b : (k + 1) * b], dup[k * b : (k + 1) * b]
+        cn, whole = (cb.double() ** 2).sum(1), len(idx) == len(x)  # whole: idx is 0..N-1
         for s in range(0, len(idx), _CHUNK):
             ii = idx[s : s + _CHUNK]
             with _threads(len(ii) * x.shape[1] * b, x.device):
-                dist = cn - 2.0 * (x[ii].double() @ cb.T)  # + |x|^2, the same for all children
+                xb = x[s : s + _CHUNK] if whole else x[ii]  # a view of the root: no copy
+                dist = cn.float() - 2.0 * (xb @ cb.T)  # + |x|^2, the same for all children
                 dist[:, mask] = math.inf
-                lab = dist.argmin(dim=1)
+                first, lab = dist.min(dim=1)
+                if b > 1:
+                    gap = (dist.scatter(1, lab[:, None], math.inf).min(dim=1).values - first)
+                    gap = gap.double()
+                    near = (gap <= _TIE * (xn[ii] + cn.max())).nonzero().squeeze(1)
+                    if len(near):  # near-ties: float64
+                        d64 = cn - 2.0 * (xb[near].double() @ cb.double().T)
+                        d64[:, mask] = math.inf
+                        lab[near] = d64.argmin(dim=1)
                 child[ii] = lab
-                dmin[ii] = (xn[ii] + dist.gather(1, lab[:, None]).squeeze(1)).clamp_min(0.0)
+                dmin[ii] = (xn[ii] + first.double()).clamp_min(0.0)
     return child, dmin
 
 
@@ -204,16 +217,20 @@ def _level_stats(node: torch.Tensor, dmin: torch.Tensor, n_clusters: int,
 
 def fit_hkmeans(x: np.ndarray, levels: int = 4, branching: int = 12, *, seed: int = 0,
                 niter: int = 20, min_points_per_centroid: int = 39, device: str = "auto",
+                sample_per_centroid: int = 256, refine: int = 5,
                 log: Callable[[str], None] | None = None) -> HKMeansTree:
-    """Fit VideoBERT's hierarchical k-means codebook on every point of ``x``.
+    """Fit VideoBERT's hierarchical k-means codebook on the points ``x``.
 
     Args:
         x: ``(N, d)`` features (converted to contiguous float32).
         levels, branching: requested shape; lowered by :func:`plan_shape` on small corpora.
         seed: seeds every node's k-means; same input and seed give the same tree.
-        niter: Lloyd iterations per node.
+        niter: Lloyd iterations per node (at most: a node stops when its centroids settle).
         min_points_per_centroid: average points per leaf the corpus must provide.
         device: ``auto`` or a backend (see :func:`resolve_backend`).
+        sample_per_centroid, refine: a node with more than ``sample_per_centroid x branching``
+            points is fitted on that many of them, then refined by ``refine`` Lloyd iterations
+            on all of them (torch backends; the module docstring).
         log: receives progress lines and the auto-reduction notice.
 
     Returns:
@@ -236,13 +253,8 @@ def fit_hkmeans(x: np.ndarray, levels: int = 4, branching: int = 12, *, seed: in
     t_start = time.perf_counter()
     for level in range(lv):
         t0 = time.perf_counter()
-        level_c = np.repeat(parents, br, axis=0)  # children of empty nodes copy their parent
-        unsplit = 0
-        for k, idx in _groups(node):
-            children, fitted = _split_node(x, xt, idx, parents[k], br, niter,
-                                           _node_seed(seed, level, k), backend)
-            level_c[k * br : (k + 1) * br] = children
-            unsplit += not fitted
+        level_c, unsplit = split_level(x, xt, list(_groups(node)), parents, br, niter, seed,
+                                       level, backend, sample_per_centroid, refine)
         child, dmin = _descend(xt, xn, node, torch.from_numpy(level_c).to(xt.device), br)
         node = node * br + child
         stats.append(_level_stats(node, dmin, br ** (level + 1), unsplit))
@@ -252,6 +264,7 @@ def fit_hkmeans(x: np.ndarray, levels: int = 4, branching: int = 12, *, seed: in
             f"{stats[-1].inertia:.4g}, empty {stats[-1].empty}, unsplit {unsplit}, "
             f"{time.perf_counter() - t0:.1f} s ({backend})")
     info = {"backend": backend, "seed": seed, "niter": niter, "n_points": n,
+            "sample_per_centroid": sample_per_centroid, "refine": refine,
             "min_points_per_centroid": min_points_per_centroid,
             "requested": [levels, branching], "seconds": round(time.perf_counter() - t_start, 3)}
     return HKMeansTree(lv, br, d, centroids, stats, info, train_tokens=node.cpu().numpy())
