@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 BACKENDS = ("torch-cuda", "torch-cpu", "faiss-gpu", "faiss-cpu")
-_CHUNK = 8192  # rows per distance block of the descent: 8192 x 1024 x 4 B = 32 MiB
 # CPU work this small (n * d * k multiply-adds) runs on one thread (torch and FAISS; process-wide
 # settings, restored after): OpenMP barriers on tiny work stall for 0.1-1 s when the cores are
 # shared with other processes (measured: a 300-point FAISS k-means went from 0.4 ms to ~1 s).
@@ -270,15 +269,15 @@ def split_level(x: np.ndarray, xt: torch.Tensor, groups: list[tuple[int, torch.T
             fit.append((k, idx))
     if backend.startswith("faiss"):
         for k, idx in fit:
-            gen = torch.Generator().manual_seed(node_seed(seed, level, k))
+            node_s = node_seed(seed, level, k)
+            gen = torch.Generator().manual_seed(node_s)
             xs = x if len(idx) == len(x) else x[idx.cpu().numpy()]
             with _threads(len(idx) * x.shape[1] * b, xt.device):
                 pts = torch.from_numpy(xs).to(xt.device)[None]
                 init = _seed(pts, torch.ones(pts.shape[:2], dtype=torch.bool, device=xt.device),
                              torch.tensor([len(idx)], device=xt.device), b, gen)[0]
                 level_c[k * b : (k + 1) * b] = _kmeans_faiss(
-                    xs, init.cpu().numpy(), niter, node_seed(seed, level, k),
-                    backend == "faiss-gpu")
+                    xs, init.cpu().numpy(), niter, node_s, backend == "faiss-gpu")
         return level_c, len(groups) - len(fit)
     cap = sample_per_centroid * b
     work = []  # the points each node is seeded and first fitted on
