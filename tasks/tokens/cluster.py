@@ -52,8 +52,8 @@ import safetensors.numpy
 import torch
 from safetensors import SafetensorError, safe_open
 
-from tasks.tokens.kmeans_backends import _sqnorms, _threads, _torch_device, split_level
 from tasks.tokens.kmeans_backends import BACKENDS as BACKENDS
+from tasks.tokens.kmeans_backends import _sqnorms, _threads, _torch_device, split_level
 from tasks.tokens.kmeans_backends import resolve_backend as resolve_backend
 from warehouse.atomic import write_bytes_atomic
 
