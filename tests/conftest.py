@@ -18,10 +18,43 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("VIDEOBERT_HOME", None)
 
+# Parallel runs (pytest-xdist; `-n auto --dist loadgroup` in pyproject.toml): the workers share
+# the cores, so each one's torch/OpenMP (and its subprocesses') gets its share of them instead
+# of every worker spinning a thread per core. Set before torch is imported anywhere.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
 import pytest  # noqa: E402
 
 # the small pretraining warehouse and its corpus files (tests/pretrain_fixtures.py)
 from tests.pretrain_fixtures import corpus, feat_corpus, tokenizer, warehouse  # noqa: E402,F401
+
+
+#: session fixtures costly enough that the files using them run on one worker, built once
+_SHARED_FIXTURES = ("sample_run",)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most 4 (the test files' big fixtures, not the cores,
+    bound the speed-up beyond that, and each worker holds its own torch and Prefect)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Groups for ``--dist loadgroup``: a test file runs whole on one worker (its module
+    fixtures are built once), and the files that use a shared session fixture run together."""
+    groups: dict[str, str] = {}
+    for item in items:
+        name = item.nodeid.split("::", 1)[0]
+        shared = next((f for f in _SHARED_FIXTURES if f in item.fixturenames), None)
+        if shared:
+            groups[name] = shared
+        groups.setdefault(name, name)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::", 1)[0]]))
 
 
 @pytest.fixture(scope="session")

@@ -206,3 +206,27 @@ def test_a_token_guards_everything_but_health(sample_run):
     ok = client.get("/api/search", params={"q": "car"},
                     headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()[0]["rank"] == 1
+
+
+def test_a_clip_page_reuses_the_searcher_a_search_loaded(sample_run, monkeypatch):
+    """The model and index load once per encoder: a clip's nearest clips come from the
+    searcher the search already loaded (the real loader, counted)."""
+    from fastapi.testclient import TestClient
+
+    import tasks.retrieval.search as search_mod
+    from videobert.serve import create_app
+
+    loads: list[str] = []
+    real = search_mod.open_searcher
+
+    def counted(*args, **kwargs):
+        loads.append(kwargs.get("mode", "auto"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "open_searcher", counted)
+    client = TestClient(create_app(sample_run["home"]))
+    hit = client.get("/api/search", params={"q": "car"}).json()[0]
+    page = client.get(f"/api/clips/{hit['clip_id']}", params={"k": 3}).json()
+    assert page["clip"]["clip_id"] == hit["clip_id"]
+    assert page["nearest"] and all(n["clip_id"] != hit["clip_id"] for n in page["nearest"])
+    assert len(loads) == 1, loads

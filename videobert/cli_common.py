@@ -19,8 +19,10 @@ from rich.text import Text
 
 from videobert.prefect_env import configure_prefect_env, reap_orphan_prefect_servers
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a message is never broken at the console width (80 columns when piped), so a
+# path or a command in it stays whole for copy-paste and scripts; tables still fit the width
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 HomeOpt = Annotated[str | None, typer.Option(
     "--home", envvar="VIDEOBERT_HOME", show_envvar=True,

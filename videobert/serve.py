@@ -54,6 +54,15 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
                 searchers[key].reader = reader
             return searchers[key]
 
+    def dense_part(encoder: str | None) -> Any:
+        """A loaded searcher of ``encoder`` (its dense index serves nearest clips whatever its
+        mode), so a clip page does not load the model and index a second time."""
+        with lock:
+            for (enc, _mode), s in searchers.items():
+                if enc == encoder:
+                    return s
+        return searcher(encoder, "dense")
+
     def rows(sql: str, params: list | None = None) -> list[dict[str, Any]]:
         con = reader.catalog()
         try:
@@ -125,7 +134,7 @@ def create_app(home: Path, token: str | None = None) -> FastAPI:
         video = rows("SELECT video_id, duration_s, width, height, codec, first_path "
                      "FROM videos WHERE video_id = ?", [clip["video_id"]])
         return {"clip": clip, "video": video[0] if video else None,
-                "nearest": _nearest(searcher(None, "dense"), rows, clip_id, k)}
+                "nearest": _nearest(dense_part(None), rows, clip_id, k)}
 
     @app.get("/api/runs")
     def api_runs() -> dict[str, Any]:
