@@ -32,7 +32,6 @@ import pytest  # noqa: E402
 # the small pretraining warehouse and its corpus files (tests/pretrain_fixtures.py)
 from tests.pretrain_fixtures import corpus, feat_corpus, tokenizer, warehouse  # noqa: E402,F401
 
-
 #: session fixtures costly enough that the files using them run on one worker, built once
 _SHARED_FIXTURES = ("sample_run",)
 
