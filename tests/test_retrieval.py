@@ -367,7 +367,8 @@ def test_probe_reports_noun_and_verb_accuracy(trained):
     model = VideoBert.from_pretrained(home / run)
     res = run_probe(model, text_tokenizer(), items)
     for probe in ("noun", "verb"):
-        for k in ("video_top1", "video_top5", "text_top1", "text_top5"):
+        for k in ("video_top1", "video_top5", "other_top1", "other_top5", "text_top1",
+                  "text_top5"):
             assert 0 <= res[probe][k] <= 100
     assert res["noun"]["chance_top1"] == pytest.approx(100 / len(res["nouns"]))
     # ties count against the model: a constant scorer is never credited with a hit

@@ -219,7 +219,8 @@ def probe(
     home: HomeOpt = None,
 ) -> None:
     """Zero-shot probe: fill masked nouns and verbs of held-out captions from the visual tokens
-    (top-1/top-5 among the corpus's words), against the same model with the video hidden."""
+    (top-1/top-5 among the corpus's words), against the same model given another clip's video
+    and with the video hidden."""
     from tasks.pretrain.probe import probe_run
 
     try:
@@ -234,8 +235,9 @@ def probe(
                   "(the probe needs the synthetic corpus's labels)")
         return
     rows = [(p, f"{len(res[p + 's'])}", *(f"{res[p][k]:.1f}" for k in (
-        "video_top1", "video_top5", "text_top1", "text_top5", "chance_top1", "chance_top5")))
-        for p in ("noun", "verb")]
-    print_rows(["probe", "words", "video top-1", "video top-5", "text-only top-1",
-                "text-only top-5", "chance top-1", "chance top-5"], rows, fmt,
+        "video_top1", "video_top5", "other_top1", "other_top5", "text_top1", "text_top5",
+        "chance_top1", "chance_top5"))) for p in ("noun", "verb")]
+    print_rows(["probe", "words", "video top-1", "video top-5", "other video top-1",
+                "other video top-5", "text-only top-1", "text-only top-5", "chance top-1",
+                "chance top-5"], rows, fmt,
                title=f"zero-shot probe of {res['model_run']} on {res['n_items']} {split} clips")

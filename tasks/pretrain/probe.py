@@ -7,9 +7,12 @@ manifest records both), a cloze template is filled with every candidate word of 
 masked positions. The clip's visual token follows ``[>]``: ``[CLS] template [>] v [SEP]``.
 A model that reads clip features (``feature_input``) gets the clip's feature at the visual
 token too, as in training. The text-only baseline is the same model with the video hidden
-(``[CLS] template [SEP]``), so any gain comes from reading the video. Top-1 / top-5 accuracy
-of the true word among the candidates are reported for nouns and verbs, with and without
-video, and chance levels.
+(``[CLS] template [SEP]``), so any gain comes from reading the video. A second control gives
+each clip another clip's video (one with a different object and motion): a model that reads
+the video scores well with its own and badly with the other one; a model that only learned
+"some video follows" scores the same with both. Top-1 / top-5 accuracy of the true word among
+the candidates are reported for nouns and verbs, with the clip's video, with another clip's
+and without video, and chance levels.
 """
 
 from __future__ import annotations
@@ -120,6 +123,20 @@ def candidate_scores(model: Any, tokenizer: Any, template: str, words: Sequence[
     return out
 
 
+def other_clips(items: Sequence[ProbeItem]) -> list[ProbeItem]:
+    """Each item with the video (tokens, feature) of the next item, cyclically, that differs
+    from it in object and motion (else in either; else itself): the wrong-video control."""
+    out = []
+    n = len(items)
+    for i, it in enumerate(items):
+        order = [items[(i + d) % n] for d in range(1, n)]
+        other = next((o for o in order if o.object != it.object and o.motion != it.motion),
+                     next((o for o in order if (o.object, o.motion) != (it.object, it.motion)),
+                          it))
+        out.append(ProbeItem(it.clip_id, other.tokens, it.object, it.motion, other.feature))
+    return out
+
+
 def topk_accuracy(scores: np.ndarray, truth: Sequence[int], k: int) -> float:
     """Share (percent) of rows whose true column is among the k highest (ties: pessimistic)."""
     t = np.asarray(truth)
@@ -130,13 +147,16 @@ def topk_accuracy(scores: np.ndarray, truth: Sequence[int], k: int) -> float:
 
 def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *,
               device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Noun and verb top-1/top-5 with video and text-only, on the given held-out items.
+    """Noun and verb top-1/top-5 with the clip's video, another clip's and text-only, on the
+    given held-out items.
 
     Returns:
         ``{"n_items", "nouns", "verbs", "noun": {...}, "verb": {...}}`` where each probe maps
-        ``video_top1``, ``video_top5``, ``text_top1``, ``text_top5``, ``chance_top1``,
-        ``chance_top5`` to percentages.
+        ``video_top1``, ``video_top5``, ``other_top1``, ``other_top5`` (another clip's video:
+        :func:`other_clips`), ``text_top1``, ``text_top5``, ``chance_top1``, ``chance_top5``
+        to percentages.
     """
+    swapped = other_clips(items)
     nouns = sorted({it.object for it in items})
     verbs = sorted({it.motion for it in items})
     result: dict[str, Any] = {"n_items": len(items), "nouns": nouns, "verbs": verbs}
@@ -144,8 +164,9 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *,
             ("noun", NOUN_TEMPLATE, nouns, [nouns.index(it.object) for it in items]),
             ("verb", VERB_TEMPLATE, verbs, [verbs.index(it.motion) for it in items])):
         row: dict[str, float] = {}
-        for mode, with_video in (("video", True), ("text", False)):
-            s = candidate_scores(model, tokenizer, template, words, items,
+        for mode, rows, with_video in (("video", items, True), ("other", swapped, True),
+                                       ("text", items, False)):
+            s = candidate_scores(model, tokenizer, template, words, rows,
                                  with_video=with_video, device=device)
             row[f"{mode}_top1"] = topk_accuracy(s, truth, 1)
             row[f"{mode}_top5"] = topk_accuracy(s, truth, 5)
