@@ -229,3 +229,32 @@ def test_run_state_skips_only_when_nothing_changed(nightly):
     (home / run_state.STATE_NAME).write_text(json.dumps(state | {"live_run": "another-run"}))
     assert run_state.unchanged(home, options) is None  # the live model moved on
     (home / run_state.STATE_NAME).unlink()
+
+
+def test_a_night_with_caption_retraining_trains_gates_and_captions_every_clip(nightly):
+    """``caption_retrain``: the night trains a caption model on its new fine-tune (kept: no
+    earlier one to beat), then captions every clip with it before indexing, so the index
+    finds them by what they show. Runs last: it moves the home's live model on."""
+    from flows.nightly import nightly_flow
+
+    home = nightly["home"]
+    params = nightly["params"].model_copy(update={"force": True, "caption_retrain": True,
+                                                  "caption_steps": 10})
+    night = nightly_flow(params)
+    assert night["status"] == "trained"
+    caps = night["captions"]
+    retrain = caps["retrain"]
+    assert retrain["kept"] and retrain["previous_cider"] is None
+    assert retrain["val_cider"] >= 0
+    con = Warehouse(home).connect()
+    row = con.execute("SELECT kind, parent_run, status FROM model_runs WHERE model_run = ?",
+                      [retrain["model_run"]]).fetchone()
+    assert row == ("caption", night["finetune"]["model_run"], "done")
+    n_clips = con.execute("SELECT count(*) FROM clips").fetchone()[0]
+    assert caps["fill"]["model_run"] == retrain["model_run"]
+    assert caps["fill"]["added"] == n_clips and caps["fill"]["skipped"] == 0
+    written = con.execute("SELECT count(DISTINCT clip_id), count(*), min(length(text)) FROM "
+                          "generated_captions WHERE model_run = ?",
+                          [retrain["model_run"]]).fetchone()
+    assert written[0] == written[1] == n_clips and written[2] > 0
+    assert "captions" in night["seconds"]
