@@ -26,17 +26,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LABELS = """
-SELECT DISTINCT ON (c.clip_id) c.clip_id, s.split,
-       json_extract_string(t.meta_json, '$.object') AS object,
-       json_extract_string(t.meta_json, '$.motion') AS motion
-FROM text_segments t
-JOIN splits s ON s.video_id = t.video_id
-JOIN clips c ON c.video_id = t.video_id AND c.start_s < t.end_s AND c.end_s > t.start_s
-WHERE json_extract_string(t.meta_json, '$.motion') IS NOT NULL
-ORDER BY c.clip_id
-"""
-
 
 def topk(proba: np.ndarray, classes: list[str], truth: list[str], k: int) -> float:
     """Share (%) of rows whose true class is among the k most probable."""
@@ -49,23 +38,23 @@ def probe(home: Path, encoders: list[str]) -> list[dict]:
     """One row per (encoder, label): val/test top-1/top-5 of a linear probe trained on train."""
     from sklearn.linear_model import LogisticRegression
 
-    from tasks.shared.clip_features import clip_features
+    from tasks.pretrain.probe import load_items
+    from tasks.shared import model_runs
     from warehouse.store import Warehouse
 
     wh = Warehouse(home)
-    con = wh.connect()
-    rows = con.execute(LABELS).fetchall()
-    con.close()
+    codebook = model_runs.one(wh, "pretrain_default_codebook", [])[0]
     out = []
     for enc in encoders:
-        feats = clip_features(wh, enc)
-        by = {s: [r for r in rows if r[1] == s and r[0] in feats] for s in ("train", "val", "test")}
+        # the zero-shot probe's own clips and labels (one row per clip), with this feature
+        by = {s: [it for it in load_items(wh, codebook, s, enc) if it.feature is not None]
+              for s in ("train", "val", "test")}
         if not all(by.values()):
             print(f"{enc}: no features or no labelled clips in every split; skipped")
             continue
-        x = {s: np.stack([feats[r[0]] for r in rs]) for s, rs in by.items()}
-        for label, col in (("motion", 3), ("object", 2)):
-            y = {s: [r[col] for r in rs] for s, rs in by.items()}
+        x = {s: np.stack([it.feature for it in items]) for s, items in by.items()}
+        for label in ("motion", "object"):
+            y = {s: [getattr(it, label) for it in items] for s, items in by.items()}
             clf = LogisticRegression(max_iter=2000).fit(x["train"], y["train"])
             classes = list(clf.classes_)
             row = {"encoder": enc, "label": label, "classes": len(classes),

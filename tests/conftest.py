@@ -45,15 +45,13 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def pytest_collection_modifyitems(config, items) -> None:
     """Groups for ``--dist loadgroup``: a test file runs whole on one worker (its module
     fixtures are built once), and the files that use a shared session fixture run together."""
-    groups: dict[str, str] = {}
-    for item in items:
-        name = item.nodeid.split("::", 1)[0]
-        shared = next((f for f in _SHARED_FIXTURES if f in item.fixturenames), None)
-        if shared:
-            groups[name] = shared
-        groups.setdefault(name, name)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::", 1)[0]]))
+    files = [item.nodeid.split("::", 1)[0] for item in items]
+    groups = dict(zip(files, files, strict=True))
+    for item, name in zip(items, files, strict=True):
+        groups[name] = next((f for f in _SHARED_FIXTURES if f in item.fixturenames),
+                            groups[name])
+    for item, name in zip(items, files, strict=True):
+        item.add_marker(pytest.mark.xdist_group(groups[name]))
 
 
 @pytest.fixture(scope="session")
